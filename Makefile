@@ -1,0 +1,33 @@
+# On a fresh clone: `make demo` runs the whole pipeline offline, `make test` the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# Nothing leaves the machine: no usage statistics from Prefect or DVC.
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export AWS_EC2_METADATA_DISABLED := true
+# A cold temporary Prefect server can take a while on a busy 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	alexnet run
+
+test: install
+	pytest
+
+bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
+	python bench/pipeline.py

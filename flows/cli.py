@@ -1,0 +1,140 @@
+"""The `alexnet` command: run the flow, one step, the server side, the demo mirror, predictions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tasks.config import PARAMS_FILE, ConfigError, load_config
+from tasks.step import STEP_NAMES, StepError
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _params_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default=PARAMS_FILE, metavar="FILE", help="params file (default: params.yaml)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, as in `dvc exp run -S train.epochs=5`; repeatable")
+
+
+def cmd_run(args) -> int:
+    load_config(args.params, args.overrides)  # fail fast, before Prefect starts
+    from flows.full import alexnet
+    from tasks import report
+
+    summaries = alexnet(params_file=args.params, overrides=args.overrides)
+    print(report.text(summaries))
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from tasks.step import execute, load_step
+
+    cfg = load_config(args.params, args.overrides)
+    module = load_step(args.name)
+    execute(module.STEP, module.run, cfg, Path.cwd())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from flows.full import alexnet
+
+    alexnet.serve(name=args.name)
+    return 0
+
+
+def cmd_mirror(args) -> int:
+    from tasks import mirror
+
+    cfg = load_config(args.params, args.overrides)
+    host, port = mirror.host_port(cfg.data.url_list_endpoint)
+    server = mirror.Mirror(args.host or host, port if args.port is None else args.port)
+    print(f"serving the demo source at {server.endpoint()} (Ctrl-C to stop)", flush=True)
+    with server:
+        try:
+            server.thread.join()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tasks.predict import classify
+
+    if not Path(args.model).is_file():
+        raise StepError(f"model not found: {args.model} (train one with `alexnet run` or `dvc repro`)")
+    results = classify(args.images, args.model, args.top)
+    for r in results:
+        if "error" in r:
+            print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
+        else:
+            print(f"{r['image']}: " + ", ".join(f"{name} {p:.1%}" for name, p in r["top"]))
+    return 0 if any("top" in r for r in results) else EXIT_FAILED
+
+
+def cmd_model(args) -> int:
+    from tasks.model import build
+
+    build(args.classes, variant=args.variant, input_size=args.input_size, width=args.width).summary()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alexnet", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow in this terminal")
+    _params_args(run)
+    run.set_defaults(func=cmd_run)
+
+    stage = sub.add_parser("stage", help="run one step (what dvc.yaml's stages call)")
+    stage.add_argument("name", choices=STEP_NAMES)
+    _params_args(stage)
+    stage.set_defaults(func=cmd_stage)
+
+    serve = sub.add_parser("serve", help="register the deployment alexnet/full and execute its runs")
+    serve.add_argument("--name", default="full", help="deployment name (default: full)")
+    serve.set_defaults(func=cmd_serve)
+
+    mirror = sub.add_parser("mirror", help="serve the embedded demo image source")
+    _params_args(mirror)
+    mirror.add_argument("--host", help="address to bind (default: from data.url_list_endpoint)")
+    mirror.add_argument("--port", type=int, help="port (default: from data.url_list_endpoint; 0 picks a free one)")
+    mirror.set_defaults(func=cmd_mirror)
+
+    predict = sub.add_parser("predict", help="classify images with the trained model")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--model", default="models/alexnet.h5", help="model file (default: models/alexnet.h5)")
+    predict.add_argument("--top", type=int, default=1, help="classes to show per image (default: 1)")
+    predict.set_defaults(func=cmd_predict)
+
+    model = sub.add_parser("model", help="print the AlexNet model summary")
+    model.add_argument("--variant", default="paper", choices=("paper", "seed"))
+    model.add_argument("--classes", type=int, default=1000)
+    model.add_argument("--width", type=float, default=1.0)
+    model.add_argument("--input-size", type=int, default=227)
+    model.set_defaults(func=cmd_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"alexnet: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StepError as exc:
+        print(f"alexnet {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

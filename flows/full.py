@@ -1,0 +1,39 @@
+"""The `alexnet` flow: the six steps in order, then DVC and the run's artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks import report, versioning
+from tasks.augment import augment_task
+from tasks.config import PARAMS_FILE, load_config
+from tasks.download import download_task
+from tasks.evaluate import evaluate_task
+from tasks.fetch_urls import fetch_urls_task
+from tasks.split import split_task
+from tasks.train import train_task
+
+
+@flow(name="alexnet", log_prints=True)
+def alexnet(params_file: str = PARAMS_FILE, overrides: list[str] | None = None) -> dict:
+    """Fetch, download, split, augment, train and evaluate AlexNet.
+
+    Args:
+        params_file: The params file to read, relative to the working directory.
+        overrides: `key=value` overrides of params, as in `dvc exp run -S`, e.g. `train.epochs=5`.
+    """
+    cfg = load_config(params_file, overrides)
+    urls = fetch_urls_task.submit(cfg)
+    images = download_task.submit(cfg, wait_for=[urls])
+    split = split_task.submit(cfg, wait_for=[images])
+    augmented = augment_task.submit(cfg, wait_for=[split])
+    model = train_task.submit(cfg, wait_for=[augmented])
+    evaluation = evaluate_task.submit(cfg, wait_for=[model])
+    futures = {"fetch_urls": urls, "download": images, "split": split, "augment": augmented,
+               "train": model, "evaluate": evaluation}
+    summaries = {name: future.result() for name, future in futures.items()}
+    summaries["dvc"] = versioning.commit(cfg, Path.cwd())
+    report.publish(summaries)
+    return summaries

@@ -1,0 +1,21 @@
+"""Where each step reads and writes, relative to the working directory.
+
+These names are the contract between the steps, dvc.yaml and the CLI.
+"""
+
+URLS = "data/urls"  # <class>.txt, one URL per line
+IMAGES = "data/images"  # <class>/<sha256>.<ext>
+MANIFEST = "data/manifest.csv"  # one row per (class, URL)
+SPLIT = "data/split.csv"  # path, class, sha256, subset
+AUGMENTED = "data/augment"  # canonical images, index.csv, stats.json
+AUGMENT_INDEX = f"{AUGMENTED}/index.csv"
+STATS = f"{AUGMENTED}/stats.json"
+AUGMENT_PLOT = "plots/augmentation.png"
+MODEL = "models/alexnet.h5"
+MODEL_CARD = "models/alexnet.json"
+HISTORY = "metrics/history.csv"
+LOGS = "logs"
+EVAL = "metrics/eval.json"
+CONFUSION = "plots/confusion.csv"
+CONFUSION_PLOT = "plots/confusion.png"
+PREDICTIONS_PLOT = "plots/predictions.png"

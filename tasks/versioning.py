@@ -1,0 +1,60 @@
+"""Keep DVC in sync with runs made outside `dvc repro` (Prefect flows).
+
+After a flow run, `dvc commit -f` records the outputs of every step whose effective
+params equal what params.yaml says, so `dvc status` is clean and `dvc repro` has
+nothing to do. A step run with overrides (and every step after it) is left
+uncommitted: its outputs do not correspond to params.yaml, and DVC says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks.config import PARAMS_FILE, Config, ConfigError, load_config
+from tasks.step import STEP_NAMES, load_step
+
+log = logging.getLogger(__name__)
+
+
+def is_dvc_repo(workdir: Path) -> bool:
+    return (workdir / ".dvc").is_dir() and (workdir / "dvc.yaml").is_file()
+
+
+def steps_matching_params_file(cfg: Config, workdir: Path) -> list[str]:
+    """Leading steps whose params sections equal those of params.yaml."""
+    try:
+        recorded = load_config(workdir / PARAMS_FILE)
+    except ConfigError:
+        return []
+    matching = []
+    for name in STEP_NAMES:
+        step = load_step(name).STEP
+        if any(cfg.section(s) != recorded.section(s) for s in step.params):
+            break
+        matching.append(name)
+    return matching
+
+
+def dvc(*args: str, workdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, capture_output=True, text=True)
+
+
+def commit(cfg: Config, workdir: Path) -> dict:
+    """Record this run's outputs in DVC; returns what was committed and what was not."""
+    if not is_dvc_repo(workdir):
+        return {"committed": [], "note": "not a DVC repository; nothing committed"}
+    stages = steps_matching_params_file(cfg, workdir)
+    skipped = [s for s in STEP_NAMES if s not in stages]
+    note = ""
+    if skipped:
+        note = (f"{', '.join(skipped)} ran with params that differ from {PARAMS_FILE}; "
+                "left uncommitted, so `dvc status` shows them as changed")
+        log.warning(note)
+    if stages:
+        done = dvc("commit", "--force", "--quiet", *stages, workdir=workdir)
+        if done.returncode != 0:
+            raise RuntimeError(f"dvc commit failed: {done.stderr.strip() or done.stdout.strip()}")
+    return {"committed": stages, "note": note}
