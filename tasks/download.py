@@ -15,6 +15,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -89,10 +90,8 @@ class Fetcher:
                     if time.monotonic() > deadline:
                         return None, "timeout", True
                 return bytes(body), "", False
-        except requests.exceptions.InvalidURL:
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
             return None, "invalid_url", False
-        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
-            return None, "bad_scheme", False
         except requests.Timeout:
             return None, "timeout", True
         except requests.RequestException:
@@ -147,10 +146,27 @@ def encode_for_store(data: bytes, image: np.ndarray, cfg: Download) -> tuple[byt
     return encoded.tobytes(), "jpg"
 
 
+def url_problem(url: str) -> str:
+    """A reason code for URLs never worth fetching, else ""."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "invalid_url"
+    if not parts.scheme:
+        return "invalid_url"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "bad_scheme"
+    return "" if host else "invalid_url"
+
+
 def process(url: str, cls: str, fetcher: Fetcher, cfg: Download, workdir: Path) -> Row:
     """Fetch, validate and store one URL; every outcome is a row."""
     row, start = Row(url=url, cls=cls), time.monotonic()
-    data, reason, row.attempts = fetcher.get(url)
+    reason = url_problem(url)
+    data = None
+    if not reason:
+        data, reason, row.attempts = fetcher.get(url)
     if data is not None:
         row.bytes = len(data)
         image, reason = validate(data, cfg)

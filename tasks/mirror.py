@@ -27,7 +27,7 @@ LIST_PATH = "/api/text/imagenet.synset.geturls"
 SYNSETS = {"n04194289": "ship", "n02834778": "bicycle"}
 IMAGES_PER_SYNSET = 240
 # Every BAD_EVERY-th entry of a list is a bad one, cycling through these kinds.
-BAD_EVERY = 16
+BAD_EVERY = 8
 BAD_KINDS = ("dead", "html", "truncated")
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,13 @@ only while the outputs on disk are still the ones that run produced.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,13 +154,13 @@ class StepCache(CachePolicy):
 
 
 def execute(step: Step, run: Callable[[Config, Path], Summary], cfg: Config, workdir: Path) -> Summary:
-    """Run a step the same way from Prefect, the CLI and DVC."""
-    from tasks import mirror  # the mirror only matters for steps on the network
+    """Run a step the same way from Prefect, the CLI and DVC; the summary gets its wall time."""
+    from tasks import mirror  # only network steps need it
 
-    if step.network:
-        with mirror.serving_if_needed(cfg.data):
-            return run(cfg, workdir)
-    return run(cfg, workdir)
+    start = time.monotonic()
+    with mirror.serving_if_needed(cfg.data) if step.network else contextlib.nullcontext():
+        summary = run(cfg, workdir)
+    return {**summary, "seconds": round(time.monotonic() - start, 2)}
 
 
 def step_task(step: Step, run: Callable[[Config, Path], Summary]):

@@ -63,6 +63,11 @@ def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: i
     return net
 
 
+def save_model(net: keras.Model, target: Path) -> None:
+    with files.atomic_path(target) as tmp:
+        net.save(tmp)
+
+
 def device_note() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     return f"training on {len(gpus)} GPU(s)" if gpus else "training on CPU (no GPU visible)"
@@ -96,8 +101,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     table = pd.DataFrame(history.history)
     table.insert(0, "epoch", range(1, len(table) + 1))
     files.write_csv(workdir / paths.HISTORY, table.round(6))
-    with files.atomic_path(workdir / paths.MODEL) as tmp:
-        net.save(tmp)
+    save_model(net, workdir / paths.MODEL)
     final = {k: round(float(v[-1]), 6) for k, v in history.history.items()}
     card = {
         "classes": classes,
@@ -111,7 +115,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
         "train_seconds": round(seconds, 1),
     }
     files.write_json(workdir / paths.MODEL_CARD, card)
-    return {"step": STEP.name, "model": paths.MODEL, "epochs": cfg.train.epochs, "seconds": round(seconds, 1), **final}
+    return {"step": STEP.name, "model": paths.MODEL, "epochs": cfg.train.epochs, "fit_seconds": round(seconds, 1), **final}
 
 
 train_task = step_task(STEP, run)

@@ -1,0 +1,96 @@
+"""params.yaml: typed, defaulted, validated; overrides use `-S key=value`."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import run
+from tasks.config import Config, ConfigError, apply_overrides, load_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_fill_what_a_partial_file_leaves_out(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 3\n"))
+    assert cfg.train.epochs == 3
+    assert cfg.train.batch_size == Config().train.batch_size == 128
+    assert cfg.augment.crop_size == 227 and cfg.model.width == 1.0  # defaults are the paper's
+
+
+def test_empty_file_is_the_default_config(tmp_path):
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_shipped_params_file_is_valid_and_demo_scale():
+    cfg = load_config("params.yaml")
+    assert set(cfg.data.classes) == {"ships", "bikes"}
+    assert cfg.augment.crop_size < 227 and cfg.model.width < 1
+
+
+@pytest.mark.parametrize(
+    "text, key, hint",
+    [
+        ("train:\n  epoch: 3\n", "train.epoch", "unknown key"),
+        ("trian:\n  epochs: 3\n", "trian", "unknown key"),
+        ("train:\n  epochs: -1\n", "train.epochs", "-1"),
+        ("train:\n  optimizer: rmsprop\n", "train.optimizer", "rmsprop"),
+        ("augment:\n  image_size: 100\n  crop_size: 120\n", "augment.crop_size", "image_size"),
+        ("data:\n  classes:\n    '../etc': {wnid: n01234567}\n    b: {wnid: n01234568}\n", "data.classes", "../etc"),
+        ("data:\n  url_list_endpoint: http://127.0.0.1:1/list\n", "data.url_list_endpoint", "{wnid}"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, text, key, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert key in str(err.value) and hint in str(err.value)
+
+
+def test_overrides_are_yaml_values_on_dotted_keys():
+    params = apply_overrides({"train": {"epochs": 5}}, ["train.epochs=7", "model.width=0.5", "download.max_side=null"])
+    assert params == {"train": {"epochs": 7}, "model": {"width": 0.5}, "download": {"max_side": None}}
+
+
+@pytest.mark.parametrize("override", ["train.epochs", "=3", "train.epochs.x=1"])
+def test_malformed_overrides_fail_clearly(override):
+    with pytest.raises(ConfigError, match="override"):
+        apply_overrides({"train": {"epochs": 5}}, [override])
+
+
+def test_missing_or_malformed_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train: [1,\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n"))
+
+
+@pytest.mark.parametrize("command", [["stage", "split"], ["run"]])
+def test_cli_rejects_bad_params_with_status_2_and_touches_nothing(tmp_path, command):
+    write(tmp_path, yaml.safe_dump({"split": {"validation_fraction": 1.5}}))
+    existing = tmp_path / "data" / "split.csv"
+    existing.parent.mkdir()
+    existing.write_text("path,class,sha256,subset\n")
+    done = run(["alexnet", *command], tmp_path, check=False)
+    assert done.returncode == 2
+    assert "split.validation_fraction" in done.stderr and "Traceback" not in done.stderr
+    assert existing.read_text() == "path,class,sha256,subset\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "params.yaml", "split.csv"]
+
+
+def test_cli_override_errors_name_the_key(tmp_path):
+    write(tmp_path, "")
+    done = run(["alexnet", "stage", "split", "-S", "train.epochs=zero"], tmp_path, check=False)
+    assert done.returncode == 2 and "train.epochs" in done.stderr
+
+
+def test_paper_params_file_is_the_paper_scale():
+    cfg = load_config("params-paper.yaml")
+    assert (cfg.augment.image_size, cfg.augment.crop_size, cfg.model.width, cfg.train.batch_size) == (256, 227, 1.0, 128)
+    assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.weight_decay, cfg.train.schedule) == (
+        "sgd", 0.9, 0.0005, "plateau")

@@ -1,0 +1,218 @@
+"""Each step on tiny data, as plain functions over files (no Prefect, no DVC)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, run, tiny_params
+from tasks import augment, download, evaluate, fetch_urls, files, mirror, paths, split, train
+from tasks.config import validate
+from tasks.step import StepError
+
+
+SUMMARIES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def source():
+    with mirror.Mirror() as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def cfg(source):
+    return validate(tiny_params(source.server.server_address[1]))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, cfg):
+    """A working directory the steps have run through, in order."""
+    workdir = tmp_path_factory.mktemp("work")
+    for step in (fetch_urls, download, split, augment, train, evaluate):
+        SUMMARIES[step.STEP.name] = step.run(cfg, workdir)
+    return workdir
+
+
+def manifest(work: Path) -> pd.DataFrame:
+    return pd.read_csv(work / paths.MANIFEST, keep_default_na=False)
+
+
+def test_fetch_urls_writes_one_list_per_class(work, source):
+    for cls, spec in (("bikes", "n02834778"), ("ships", "n04194289")):
+        urls = (work / paths.URLS / f"{cls}.txt").read_text().splitlines()
+        assert urls == mirror.url_list(source.base_url, spec)
+
+
+def test_url_list_parser_reads_text_and_html_and_keeps_only_http():
+    body = b"http://a/1.jpg\r\nftp://a/2.jpg\r\n\r\nhttps://a/3.png\r\nhttp://a/1.jpg\r\njavascript:x\r\n"
+    assert fetch_urls.parse_url_list(body) == ["http://a/1.jpg", "https://a/3.png"]
+    assert fetch_urls.parse_url_list(b"<html><body>http://a/1.jpg<br>\nhttp://b/2.jpg</body></html>") == [
+        "http://a/1.jpg", "http://b/2.jpg"]
+
+
+def test_fetch_urls_fails_clearly_when_the_source_is_down(tmp_path, port):
+    cfg = validate(tiny_params(port, data={"embedded_mirror": False}))
+    with pytest.raises(StepError, match="could not fetch the URL list"):
+        fetch_urls.run(cfg, tmp_path)
+    assert not (tmp_path / paths.URLS).exists()
+
+
+def test_download_keeps_valid_images_under_digest_names(work, cfg):
+    rows = manifest(work)
+    assert list(rows.columns) == download.COLUMNS
+    ok = rows[rows["status"] == "ok"]
+    assert ok.groupby("class").size().to_dict() == {"bikes": 24, "ships": 24}
+    for row in ok.itertuples():
+        path = work / row.path
+        assert path.parent.name == row._2 and path.stem == row.sha256
+        image = cv2.imread(str(path))
+        assert image is not None and image.shape[:2] == (row.height, row.width)
+    stored = sorted(p.relative_to(work).as_posix() for p in (work / paths.IMAGES).rglob("*") if p.is_file())
+    assert stored == sorted(ok["path"])  # nothing else, no temp files
+
+
+def test_download_gives_every_bad_url_a_reason(work):
+    rows = manifest(work)
+    attempted = rows[rows["status"] != "skipped"]
+    kinds = attempted["url"].str.extract(r"/(dead|html|truncated)-\d+\.jpg$")[0]
+    assert set(zip(kinds.dropna(), attempted["reason"][kinds.notna()])) == {
+        ("dead", "http_404"), ("html", "not_image"), ("truncated", "truncated")}
+    assert (rows.loc[rows["status"] == "skipped", "reason"] == "enough_images").all()
+    failed = rows[rows["status"] == "failed"]
+    assert (failed["path"] == "").all() and (failed["reason"] != "").all()
+
+
+def test_download_validates_by_decoding_not_by_content_type(cfg):
+    good = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    assert download.validate(good, cfg.download)[1] == ""
+    assert download.validate(b"<html>not an image</html>", cfg.download) == (None, "not_image")
+    assert download.validate(good[: len(good) // 2], cfg.download) == (None, "truncated")
+    assert download.validate(good[:2] + b"\0" * 100 + good[-2:], cfg.download) == (None, "corrupt")
+    assert download.validate(b"", cfg.download) == (None, "empty")
+    tiny = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    assert download.validate(tiny, cfg.download) == (None, "too_small")
+
+
+def test_download_fails_clearly_when_a_class_has_too_few_images(tmp_path, cfg, source):
+    (tmp_path / paths.URLS).mkdir(parents=True)
+    for cls in cfg.data.classes:
+        (tmp_path / paths.URLS / f"{cls}.txt").write_text(
+            f"{source.base_url}/img/n02834778/dead-1.jpg\nnot a url\nftp://127.0.0.1/a.jpg\nhttp://[::1\n")
+    with pytest.raises(StepError, match="too few good images"):
+        download.run(cfg, tmp_path)
+    reasons = manifest(tmp_path)["reason"].tolist()
+    assert reasons == ["http_404", "invalid_url", "bad_scheme", "invalid_url"] * 2
+
+
+def test_download_rerun_reuses_stored_images(work, cfg, tmp_path, source, port):
+    """A rerun fetches nothing it already has: with the source gone, good rows stay good."""
+    copy = tmp_path / "copy"
+    shutil.copytree(work / "data", copy / "data")
+    lists = copy / paths.URLS
+    for path in lists.iterdir():  # point every URL at a port where nothing answers
+        path.write_text(path.read_text().replace(source.base_url, f"http://127.0.0.1:{port}"))
+    rows = manifest(copy)
+    rows["url"] = rows["url"].str.replace(source.base_url, f"http://127.0.0.1:{port}")
+    rows.to_csv(copy / paths.MANIFEST, index=False)
+    offline = cfg.model_copy(update={"download": cfg.download.model_copy(update={"retries": 0, "timeout_s": 1})})
+    download.run(offline, copy)
+    before, after = manifest(work), manifest(copy)
+    assert after[after.status == "ok"]["path"].tolist() == before[before.status == "ok"]["path"].tolist()
+
+
+def test_split_is_deterministic_stratified_and_disjoint(work, cfg):
+    table = pd.read_csv(work / paths.SPLIT)
+    assert set(table["subset"]) == {"train", "validation"}
+    assert table.groupby("class")["subset"].nunique().eq(2).all()
+    assert not set(table.loc[table.subset == "train", "sha256"]) & set(table.loc[table.subset == "validation", "sha256"])
+    assigned = split.assign(table.drop(columns="subset"), cfg.split.validation_fraction, cfg.base.seed)
+    assert assigned["subset"].tolist() == table["subset"].tolist()
+
+
+def test_split_keeps_assignments_when_images_are_added():
+    digests = [files.sha256_bytes(str(i).encode()) for i in range(200)]
+    frame = pd.DataFrame({"path": digests, "class": ["a", "b"] * 100, "sha256": digests})
+    small = split.assign(frame.iloc[:120], 0.2, 42).set_index("sha256")["subset"]
+    large = split.assign(frame, 0.2, 42).set_index("sha256")["subset"]
+    assert (large.loc[small.index] == small).all()
+    assert 0.1 < (large == "validation").mean() < 0.3
+
+
+def test_augment_writes_canonical_images_stats_and_preview(work, cfg):
+    index = pd.read_csv(work / paths.AUGMENT_INDEX)
+    assert len(index) == len(pd.read_csv(work / paths.SPLIT))
+    for path in index["path"][:5]:
+        assert cv2.imread(str(work / path)).shape == (cfg.augment.image_size, cfg.augment.image_size, 3)
+    stats = json.loads((work / paths.STATS).read_text())
+    assert stats["classes"] == ["bikes", "ships"]
+    vec = np.array(stats["pca_eigvec"])
+    assert np.allclose(vec.T @ vec, np.eye(3), atol=1e-6) and stats["pca_eigval"] == sorted(stats["pca_eigval"], reverse=True)
+    assert all(0 < m < 255 for m in stats["mean"]) and all(s > 10 for s in stats["std"])
+    assert (work / paths.AUGMENT_PLOT).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_canonical_resizes_shorter_side_and_centre_crops():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, 90:110] = 255  # a bar in the centre survives the crop
+    square = augment.canonical(image, 50)
+    assert square.shape == (50, 50, 3) and square[:, 20:30].mean() > 200 and square[:, :5].mean() == 0
+
+
+def test_train_writes_history_logs_and_model_card(work):
+    history = pd.read_csv(work / paths.HISTORY)
+    assert history["epoch"].tolist() == [1, 2] and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history.columns)
+    assert list((work / paths.LOGS).rglob("events.out.tfevents.*"))
+    card = json.loads((work / paths.MODEL_CARD).read_text())
+    assert card["classes"] == ["bikes", "ships"] and card["input_size"] == 67 and card["image_size"] == 76
+    assert card["params"]["train"]["epochs"] == 2
+
+
+def test_saved_model_reloads_to_identical_predictions(tmp_path, cfg):
+    import keras
+
+    net = train.build_model(cfg, ["a", "b"], {"mean": [120.0] * 3, "std": [60.0] * 3}, steps_per_epoch=1)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 67, 67, 3)).astype("float32")
+    net.fit(x, np.array([0, 1] * 4), epochs=1, verbose=0)
+    train.save_model(net, tmp_path / "model.h5")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.h5"]
+    loaded = keras.models.load_model(tmp_path / "model.h5")
+    np.testing.assert_array_equal(net.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert [type(layer).__name__ for layer in loaded.layers].count("LocalResponseNorm") == 2
+
+
+def test_evaluate_writes_metrics_confusion_and_plots(work):
+    result = json.loads((work / paths.EVAL).read_text())
+    confusion = pd.read_csv(work / paths.CONFUSION)
+    validation = pd.read_csv(work / paths.SPLIT).query("subset == 'validation'")
+    assert result["images"] == len(confusion) == len(validation)
+    assert result["accuracy"] == pytest.approx((confusion.actual == confusion.predicted).mean(), abs=1e-4)
+    assert set(result["per_class"]) == {"bikes", "ships"}
+    for plot in (paths.CONFUSION_PLOT, paths.PREDICTIONS_PLOT):
+        assert (work / plot).read_bytes()[:4] == b"\x89PNG"
+    assert SUMMARIES["evaluate"]["accuracy"] == result["accuracy"]
+
+
+def test_scores_per_class():
+    result = evaluate.scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
+    assert result["accuracy"] == 0.75 and result["confusion"] == [[1, 1], [0, 2]]
+    assert result["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "support": 2}
+    assert result["per_class"]["b"]["precision"] == pytest.approx(0.6667, abs=1e-4)
+
+
+def test_cli_predict_and_model(work):
+    image = next((work / paths.IMAGES / "ships").iterdir())
+    done = run(["alexnet", "predict", str(image), "missing.jpg", "--top", "2"], work)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{image}: ") and "ships" in lines[0] and "bikes" in lines[0]
+    assert "missing.jpg: error: no such file" in done.stderr
+    failed = run(["alexnet", "predict", "missing.jpg"], work, check=False)
+    assert failed.returncode == 1
+    summary = run(["alexnet", "model", "--variant", "paper", "--classes", "1000"], REPO).stdout
+    assert "60,965,224" in summary
