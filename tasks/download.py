@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import requests
-from tqdm import tqdm
 
 from tasks import files, paths
+from tasks.progress import Progress
 from tasks.config import Config, Download
 from tasks.step import Step, StepError, Summary, step_task
 
@@ -261,7 +261,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     fetcher = Fetcher(cfg.download)
     total = sum(len(u) for u in lists.values())
     rows: list[Row] = []
-    with ThreadPoolExecutor(cfg.download.workers) as pool, tqdm(total=total, desc="download", unit="url", disable=None) as bar:
+    with ThreadPoolExecutor(cfg.download.workers) as pool, Progress("download", total, unit="url") as bar:
         for cls, urls in lists.items():
             rows += download_class(cls, urls, cfg.data.images_per_class, pool, fetcher, cfg.download, workdir, reuse, bar)
     manifest = pd.DataFrame([r.record() for r in rows], columns=COLUMNS)

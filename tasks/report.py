@@ -37,7 +37,9 @@ def publish(summaries: dict) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     download = summaries.get("download", {})
-    rows = [{"class": cls, **counts} for cls, counts in sorted(download.get("outcomes", {}).items())]
+    outcomes = download.get("outcomes", {})
+    columns = sorted({k for counts in outcomes.values() for k in counts})
+    rows = [{"class": cls, **{k: counts.get(k, 0) for k in columns}} for cls, counts in sorted(outcomes.items())]
     if rows:
         create_table_artifact(key="images-per-class", table=rows, description="URLs per class and outcome")
     create_markdown_artifact(

@@ -8,6 +8,7 @@ it takes RGB pixels in [0, 255] and reloads with `keras.models.load_model` after
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from tasks import files, model, paths, pipeline
 from tasks.config import Config
+from tasks.progress import Progress
 from tasks.step import Step, Summary, step_task
 
 STEP = Step(
@@ -37,8 +39,22 @@ def optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(rate, momentum=t.momentum, weight_decay=t.weight_decay or None)
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """Epochs done, as a terminal bar and a Prefect progress artifact."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.progress = Progress("train", epochs, unit="epoch", bar=False)  # Keras draws its own bar
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.update(force=True)
+
+    def on_train_end(self, logs=None):
+        self.progress.__exit__()
+
+
 def callbacks(cfg: Config, logs: Path) -> list[keras.callbacks.Callback]:
-    found = [keras.callbacks.TensorBoard(log_dir=str(logs))]
+    found = [keras.callbacks.TensorBoard(log_dir=str(logs)), EpochProgress(cfg.train.epochs)]
     if cfg.train.schedule == "plateau":
         found.append(keras.callbacks.ReduceLROnPlateau(factor=0.1, patience=5, min_lr=1e-6, verbose=1))
     return found
@@ -94,7 +110,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
         epochs=cfg.train.epochs,
         callbacks=callbacks(cfg, logs),
         shuffle=False,  # the dataset shuffles itself, with the seed
-        verbose=2,
+        verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
     )
     seconds = time.monotonic() - start
 
