@@ -137,7 +137,7 @@ class Service:
         self.handle.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on a free loopback port, with its own PREFECT_HOME."""
     import requests
@@ -162,3 +162,23 @@ def prefect_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def task_states(api: str, flow_run_id: str) -> dict[str, str]:
+    """{task name: state name} of a flow run's task runs, read from the Prefect API."""
+    import requests
+
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    states = {}
+    for task_run in requests.post(f"{api}/task_runs/filter", json=body, timeout=10).json():
+        name = task_run["name"].rsplit("-", 1)[0]
+        assert name not in states, f"two task runs named {name}"
+        states[name] = task_run["state"]["name"]
+    return states
+
+
+def latest_flow_run(api: str) -> dict:
+    import requests
+
+    body = {"sort": "START_TIME_DESC", "limit": 1}
+    return requests.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()[0]
