@@ -134,6 +134,13 @@ class Evaluate(Section):
     grid_images: int = Field(default=8, ge=1, le=64)
 
 
+class Dvc(Section):
+    # After a flow run, push what it committed to the DVC remote (`remote`, or the
+    # repository's default remote).
+    push: bool = False
+    remote: str | None = None
+
+
 class Config(Section):
     base: Base = Base()
     data: Data = Data()
@@ -143,6 +150,7 @@ class Config(Section):
     model: Model = Model()
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
+    dvc: Dvc = Dvc()
 
     def section(self, name: str) -> dict[str, Any]:
         return getattr(self, name).model_dump(mode="json")

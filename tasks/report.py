@@ -27,6 +27,8 @@ def text(summaries: dict) -> str:
     dvc = summaries.get("dvc", {})
     if dvc.get("committed"):
         lines.append(f"  DVC: committed {', '.join(dvc['committed'])}")
+    if dvc.get("pushed"):
+        lines.append(f"  DVC: pushed {', '.join(dvc['pushed'])} to the remote")
     if dvc.get("note"):
         lines.append(f"  DVC: {dvc['note']}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tasks.config import PARAMS_FILE, Config, ConfigError, load_config
-from tasks.step import STEP_NAMES, load_step
+from tasks.step import STEP_NAMES, StepError, load_step
 
 log = logging.getLogger(__name__)
 
@@ -56,5 +56,12 @@ def commit(cfg: Config, workdir: Path) -> dict:
     if stages:
         done = dvc("commit", "--force", "--quiet", *stages, workdir=workdir)
         if done.returncode != 0:
-            raise RuntimeError(f"dvc commit failed: {done.stderr.strip() or done.stdout.strip()}")
-    return {"committed": stages, "note": note}
+            raise StepError(f"dvc commit failed: {done.stderr.strip() or done.stdout.strip()}")
+    pushed = []
+    if stages and cfg.dvc.push:
+        remote = ["--remote", cfg.dvc.remote] if cfg.dvc.remote else []
+        done = dvc("push", *remote, *stages, workdir=workdir)
+        if done.returncode != 0:
+            raise StepError(f"dvc push failed: {done.stderr.strip() or done.stdout.strip()}")
+        pushed = stages
+    return {"committed": stages, "pushed": pushed, "note": note}

@@ -19,7 +19,8 @@ def served(prefect_server, tmp_path_factory):
     """A project whose deployment alexnet/full is served against the test server."""
     from conftest import free_port
 
-    project = make_project(tmp_path_factory.mktemp("project"), tiny_params(free_port()))
+    project = make_project(tmp_path_factory.mktemp("project"), tiny_params(free_port(), dvc={"push": True}))
+    run([sys.executable, "-m", "dvc", "remote", "add", "--default", "store", str(project.parent / "store")], project)
     env = {**prefect_server.env, "PREFECT_HOME": str(project / ".prefect-home")}
     serve = Service(["alexnet", "serve"], project, env, project.parent / "serve.log")
 
@@ -54,6 +55,9 @@ def test_deployment_run_completes_with_one_task_per_step_and_dvc_in_sync(served)
     assert (served.project / "models" / "alexnet.h5").is_file()
     status = run([sys.executable, "-m", "dvc", "status"], served.project)
     assert status.stdout.strip() == "Data and pipelines are up to date."
+    # dvc.push is on: the remote holds everything the run committed.
+    cloud = run([sys.executable, "-m", "dvc", "status", "--cloud"], served.project).stdout
+    assert "in sync" in cloud and "new:" not in cloud
 
 
 def test_rerun_is_all_cached_and_a_train_param_reruns_only_train_and_evaluate(served):

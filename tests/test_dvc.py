@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, make_project, run, tiny_params
+from conftest import REPO, free_port, make_project, run, tiny_params
+from tasks import files
 from tasks.step import STEP_NAMES, load_step
 
 DVC = [sys.executable, "-m", "dvc"]
+OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "logs")
 
 
 def _names(entries) -> list[str]:
@@ -34,11 +40,24 @@ def test_dvc_stages_are_the_six_steps_in_order():
     assert tuple(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]) == STEP_NAMES
 
 
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A committed project after its first `dvc repro`, and that command's output."""
+    project = make_project(tmp_path_factory.mktemp("dvc"), tiny_params(free_port()))
+    project_output = run([*DVC, "repro"], project).stdout
+    return project, project_output
+
+
+def outputs(project: Path) -> dict[str, str]:
+    """Digest of every file under the pipeline's output folders."""
+    return {p.relative_to(project).as_posix(): files.sha256_file(p)
+            for folder in OUTPUT_FOLDERS for p in sorted((project / folder).rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
-def test_dvc_repro_runs_six_stages_then_nothing(tmp_path, port):
-    project = make_project(tmp_path, tiny_params(port))
-    first = run([*DVC, "repro"], project)
-    ran = [line for line in first.stdout.splitlines() if line.startswith("Running stage")]
+def test_dvc_repro_runs_six_stages_then_nothing(reproduced):
+    project, first = reproduced
+    ran = [line for line in first.splitlines() if line.startswith("Running stage")]
     assert ran == [f"Running stage '{name}':" for name in STEP_NAMES]
     for output in ("models/alexnet.h5", "metrics/eval.json", "plots/confusion.png", "data/manifest.csv"):
         assert (project / output).is_file()
@@ -48,5 +67,90 @@ def test_dvc_repro_runs_six_stages_then_nothing(tmp_path, port):
     assert run([*DVC, "status"], project).stdout.strip() == "Data and pipelines are up to date."
     # Outputs are git-ignored, so git sees only dvc.lock.
     assert run(["git", "status", "--porcelain"], project).stdout.split() == ["??", "dvc.lock"]
-    metrics = run([*DVC, "metrics", "show", "--json"], project).stdout
-    assert '"accuracy"' in metrics
+
+
+@pytest.mark.slow
+def test_experiments_metrics_and_plots(reproduced, tmp_path):
+    project, _ = reproduced
+    run(["git", "add", "dvc.lock"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "baseline"], project)
+    before = json.loads((project / "metrics" / "eval.json").read_text())
+
+    exp = run([*DVC, "exp", "run", "-S", "train.epochs=3"], project).stdout
+    assert "Running stage 'train'" in exp and "Running stage 'split'" not in exp
+    assert len((project / "metrics" / "history.csv").read_text().splitlines()) == 4
+    table = json.loads(run([*DVC, "exp", "show", "--json"], project).stdout)
+    experiments = [e for rev in table for e in (rev.get("experiments") or [])]
+    assert experiments, table
+    exp_metrics = experiments[0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
+    params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["train"]["epochs"] == 3 and "accuracy" in exp_metrics
+
+    diff = json.loads(run([*DVC, "metrics", "diff", "--json"], project).stdout)
+    assert diff["metrics/eval.json"]["accuracy"]["old"] == before["accuracy"]
+
+    out = tmp_path / "plots"
+    run([*DVC, "plots", "show", "-o", str(out)], project)
+    page = (out / "index.html").read_text()
+    for name in ("loss", "accuracy", "val_accuracy", "confusion.csv", "predictions.png", "augmentation.png"):
+        assert name in page, name
+
+
+@pytest.mark.slow
+def test_push_and_pull_through_a_local_remote(reproduced, tmp_path):
+    project, _ = reproduced
+    run([*DVC, "remote", "add", "--force", "store", str(tmp_path / "store")], project)
+    _round_trip(project, ["--remote", "store"])
+
+
+@pytest.mark.slow
+def test_push_and_pull_through_an_s3_compatible_remote(reproduced, tmp_path):
+    """A real S3 API (moto's server) on loopback; credentials stay in .dvc/config.local."""
+    import boto3
+
+    project, _ = reproduced
+    from conftest import Service
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = Service(["moto_server", "-H", "127.0.0.1", "-p", str(port)], tmp_path, dict(os.environ),
+                     tmp_path / "moto.log")
+    try:
+        server.wait_until(lambda: _answers(endpoint), 60, "moto_server")
+        credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials).create_bucket(
+            Bucket="alexnet")
+        run([*DVC, "remote", "add", "--force", "s3store", "s3://alexnet/dvc"], project)
+        run([*DVC, "remote", "modify", "s3store", "endpointurl", endpoint], project)
+        run([*DVC, "remote", "modify", "--local", "s3store", "access_key_id", "testing"], project)
+        run([*DVC, "remote", "modify", "--local", "s3store", "secret_access_key", "testing"], project)
+        _round_trip(project, ["--remote", "s3store"])
+        listed = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials).list_objects_v2(
+            Bucket="alexnet", Prefix="dvc/")
+        assert listed["KeyCount"] > 0
+    finally:
+        server.stop()
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        requests.get(url, timeout=2)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def _round_trip(project: Path, remote: list[str]) -> None:
+    """Push, delete the outputs and the cache, pull, and get the same files back."""
+    before = outputs(project)
+    assert "models/alexnet.h5" in before
+    run([*DVC, "push", *remote], project)
+    for folder in OUTPUT_FOLDERS:
+        shutil.rmtree(project / folder, ignore_errors=True)
+    shutil.rmtree(project / ".dvc" / "cache")
+    assert "deleted" in run([*DVC, "status"], project).stdout
+    run([*DVC, "pull", *remote], project)
+    assert outputs(project) == before
+    assert run([*DVC, "status"], project).stdout.strip() == "Data and pipelines are up to date."
