@@ -35,5 +35,5 @@ def alexnet(params_file: str = PARAMS_FILE, overrides: list[str] | None = None) 
                "train": model, "evaluate": evaluation}
     summaries = {name: future.result() for name, future in futures.items()}
     summaries["dvc"] = versioning.commit(cfg, Path.cwd())
-    report.publish(summaries)
+    report.publish(summaries, cfg, Path.cwd())
     return summaries

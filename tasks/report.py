@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from tasks import paths
+from tasks.config import Config
 
 OUTPUTS = {
     "model": paths.MODEL,
@@ -34,18 +39,47 @@ def text(summaries: dict) -> str:
     return "\n".join(lines)
 
 
-def publish(summaries: dict) -> None:
-    """Prefect artifacts for the run page: the summary and the per-class counts."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+def flatten(values: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested summary as {"a.b": value}."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = value
+    return flat
 
-    download = summaries.get("download", {})
+
+def outcome_rows(download: dict) -> list[dict]:
     outcomes = download.get("outcomes", {})
     columns = sorted({k for counts in outcomes.values() for k in counts})
-    rows = [{"class": cls, **{k: counts.get(k, 0) for k in columns}} for cls, counts in sorted(outcomes.items())]
+    return [{"class": cls, **{k: counts.get(k, 0) for k in columns}} for cls, counts in sorted(outcomes.items())]
+
+
+def markdown(summaries: dict, workdir: Path) -> str:
+    """The run's summary with links to its outputs on the machine that ran it."""
+    links = "\n".join(
+        f"- [{name}]({(workdir / path).resolve().as_uri()}) `{path}`"
+        for name, path in OUTPUTS.items() if (workdir / path).exists()
+    )
+    steps = "\n".join(f"| {name} | {s.get('seconds', '')} |" for name, s in summaries.items() if "step" in s)
+    return (f"# AlexNet run\n\n```\n{text(summaries).strip()}\n```\n\n## Outputs\n\n{links}\n\n"
+            f"## Steps\n\n| step | seconds |\n|---|---|\n{steps}\n")
+
+
+def publish(summaries: dict, cfg: Config, workdir: Path) -> None:
+    """Prefect artifacts for the run page: summary, images per class, metrics, params."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    rows = outcome_rows(summaries.get("download", {}))
     if rows:
         create_table_artifact(key="images-per-class", table=rows, description="URLs per class and outcome")
-    create_markdown_artifact(
-        key="alexnet-run-summary",
-        markdown="```\n" + text(summaries).strip() + "\n```",
-        description="Images, validation accuracy and where the outputs are",
-    )
+    metrics = flatten({k: v for k, v in summaries.get("evaluate", {}).items() if k != "seconds"})
+    if metrics:
+        create_table_artifact(key="metrics", table=[{"metric": k, "value": v} for k, v in metrics.items()],
+                              description="Evaluation on the validation set")
+    create_markdown_artifact(key="effective-params", markdown="```yaml\n" + yaml.safe_dump(
+        cfg.model_dump(mode="json"), sort_keys=False) + "```", description="The params this run used")
+    create_markdown_artifact(key="alexnet-run-summary", markdown=markdown(summaries, workdir),
+                             description="Images, validation accuracy and where the outputs are")

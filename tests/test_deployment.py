@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -12,6 +14,9 @@ from conftest import Service, make_project, run, task_states, tiny_params
 from tasks.step import STEP_NAMES
 
 pytestmark = pytest.mark.slow
+# Headless, and nothing reaching out: no background networking, updates or sync.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +79,47 @@ def test_rerun_is_all_cached_and_a_train_param_reruns_only_train_and_evaluate(se
     # Runs with overrides leave DVC honest: train and evaluate show as changed.
     status = run([sys.executable, "-m", "dvc", "status"], served.project).stdout
     assert "train:" in status and "evaluate:" in status and "split:" not in status
+
+
+def test_deployment_parameters_have_descriptions(served):
+    deployment = requests.get(f"{served.api}/deployments/name/alexnet/full", timeout=10).json()
+    properties = deployment["parameter_openapi_schema"]["properties"]
+    assert set(properties) == {"params_file", "overrides"}
+    assert "params file" in properties["params_file"]["description"]
+    assert "dvc exp run -S" in properties["overrides"]["description"]
+    assert properties["params_file"]["default"] == "params.yaml"
+
+
+def test_prefect_ui_shows_the_run_its_steps_and_metrics(served, tmp_path):
+    """Headless Chromium opens the flow run's page in the real server's UI."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("needs Debian's chromium package (/usr/bin/chromium)")
+    flow_run_id, _ = deployment_run(served)
+    ui = served.api.removesuffix("/api")
+    shot = tmp_path / "flow-run.png"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
+            try:
+                page.get_by_text("Completed").first.wait_for(timeout=60_000)
+                page.get_by_text("Task Runs", exact=True).first.click()
+                for name in STEP_NAMES:  # the task-run list links each run, named <step>-<suffix>
+                    page.get_by_role("link", name=re.compile(rf"^{name}-\w+$")).first.wait_for(timeout=30_000)
+                page.screenshot(path=str(shot), full_page=True)
+                page.get_by_text("Artifacts", exact=True).first.click()
+                for key in ("metrics", "images-per-class", "alexnet-run-summary", "train-progress"):
+                    page.get_by_text(key, exact=True).first.wait_for(timeout=30_000)
+                page.screenshot(path=str(tmp_path / "artifacts.png"), full_page=True)
+                page.get_by_text("metrics", exact=True).first.click()
+                page.get_by_text("accuracy", exact=True).first.wait_for(timeout=30_000)
+            except Exception:
+                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+    print(f"screenshots: {shot} and {tmp_path / 'artifacts.png'}")
