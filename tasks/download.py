@@ -49,6 +49,7 @@ STEP = Step(
     deps=(paths.URLS,),
     outs=(paths.IMAGES, paths.MANIFEST),
     network=True,
+    persist=(paths.IMAGES, paths.MANIFEST),  # a killed or re-parametrised run resumes from what it has
 )
 
 COLUMNS = ["url", "class", "status", "reason", "path", "sha256", "width", "height", "bytes", "attempts", "elapsed_s"]
