@@ -23,12 +23,13 @@ import re
 import shutil
 import tarfile
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from bs4 import BeautifulSoup
+from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
 from tasks import files, paths, web
 from tasks.config import Data
@@ -56,9 +57,15 @@ def _web_only(urls: Iterable[str]) -> list[str]:
 # --- parsers -----------------------------------------------------------------
 
 
+def _soup(body: bytes | str) -> BeautifulSoup:
+    with warnings.catch_warnings():  # a list of one URL "looks like a URL": it is one
+        warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
+        return BeautifulSoup(body, "html.parser")
+
+
 def parse_url_list(body: bytes | str) -> list[str]:
     """http(s) URLs from a URL-list body (plain text or HTML), in order, without repeats."""
-    text = BeautifulSoup(body, "html.parser").get_text("\n")
+    text = _soup(body).get_text("\n")
     return _web_only(line.strip() for line in text.splitlines())
 
 
@@ -74,7 +81,7 @@ def parse_shared_list(lines: Iterable[str], wnids: set[str]) -> dict[str, list[s
 
 def image_links(html: bytes | str, page_url: str) -> list[str]:
     """Image URLs on a page: <img>/<source> src and srcset, and <a href> to image files, made absolute."""
-    soup = BeautifulSoup(html, "html.parser")
+    soup = _soup(html)
     base_tag = soup.find("base", href=True)
     base = urljoin(page_url, base_tag["href"]) if base_tag else page_url
     found = []
