@@ -249,8 +249,14 @@ def _task_runner(cfg: Download, in_flight: int):
 
         if cfg.dask_address:
             return DaskTaskRunner(address=cfg.dask_address)
+        from prefect.client.orchestration import get_client
+
+        # Local workers report to this run's API, even a temporary one, rather than
+        # each starting a temporary server of its own.
+        env = {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}
         return DaskTaskRunner(cluster_kwargs={
-            "n_workers": cfg.dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"})
+            "n_workers": cfg.dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
+            "env": env})
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=in_flight)
