@@ -138,15 +138,6 @@ def test_split_is_deterministic_stratified_and_disjoint(work, cfg):
     assert assigned["subset"].tolist() == table["subset"].tolist()
 
 
-def test_split_keeps_assignments_when_images_are_added():
-    digests = [files.sha256_bytes(str(i).encode()) for i in range(200)]
-    frame = pd.DataFrame({"path": digests, "class": ["a", "b"] * 100, "sha256": digests})
-    small = split.assign(frame.iloc[:120], 0.2, 42).set_index("sha256")["subset"]
-    large = split.assign(frame, 0.2, 42).set_index("sha256")["subset"]
-    assert (large.loc[small.index] == small).all()
-    assert 0.1 < (large == "validation").mean() < 0.3
-
-
 def test_augment_writes_canonical_images_stats_and_preview(work, cfg):
     index = pd.read_csv(work / paths.AUGMENT_INDEX)
     assert len(index) == len(pd.read_csv(work / paths.SPLIT))
