@@ -23,15 +23,17 @@ outcomes, never on timing, so a resumed run plans what an uninterrupted one did.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import math
 import shutil
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -56,7 +58,7 @@ COLUMNS = ["url", "class", "status", "reason", "path", "sha256", "width", "heigh
 RECORDS_DIR = STATE_DIR / "download"
 
 
-@dataclass
+@dataclass(slots=True)  # one per URL, so kept small
 class Row:
     url: str
     cls: str
@@ -70,17 +72,31 @@ class Row:
     attempts: int = 0
     elapsed_s: float = 0.0
 
-    def record(self) -> dict:
-        row = asdict(self)
-        row["class"] = row.pop("cls")
-        return row
-
     @classmethod
     def from_record(cls, rec: dict) -> "Row":
         rec = {**rec, "cls": rec["class"]}
         kinds = {f.name: f.type for f in fields(cls)}
-        convert = {"int": int, "float": float}
-        return cls(**{k: convert.get(kinds[k], str)(rec[k]) for k in kinds})
+        convert = {"int": int, "float": float, "str": str}
+        row = cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
+        row.cls, row.status, row.reason = sys.intern(row.cls), sys.intern(row.status), sys.intern(row.reason)
+        return row
+
+    @property
+    def outcome(self) -> str:
+        return "ok" if self.status == "ok" else self.reason
+
+
+def write_rows(target: Path, rows: list[Row]) -> None:
+    """Rows as CSV with the manifest's columns, written atomically."""
+    with files.atomic_path(target) as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        writer.writerows([getattr(r, "cls" if c == "class" else c) for c in COLUMNS] for r in rows)
+
+
+def read_rows(path: Path) -> Iterator[Row]:
+    with open(path, newline="") as rows:
+        yield from (Row.from_record(rec) for rec in csv.DictReader(rows))
 
 
 @dataclass(frozen=True)
@@ -206,7 +222,7 @@ class Records:
         old = sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []
         keep = [r for r in self.read().values() if r.status == "ok" and (self.workdir / r.path).is_file()]
         if keep:
-            files.write_csv(self.folder / "carried.csv", pd.DataFrame([r.record() for r in keep], columns=COLUMNS))
+            write_rows(self.folder / "carried.csv", keep)
         for path in old:
             if path.name != "carried.csv" or not keep:
                 path.unlink()
@@ -214,14 +230,13 @@ class Records:
     def read(self) -> dict[tuple[str, str], Row]:
         known: dict[tuple[str, str], Row] = {}
         for path in sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []:
-            for rec in pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records"):
-                row = Row.from_record(rec)
+            for row in read_rows(path):
                 if (row.cls, row.url) not in known or row.status == "ok":
                     known[(row.cls, row.url)] = row
         return known
 
     def write(self, chunk: Chunk, rows: list[Row]) -> None:
-        files.write_csv(self.folder / f"{chunk.id}.csv", pd.DataFrame([r.record() for r in rows], columns=COLUMNS))
+        write_rows(self.folder / f"{chunk.id}.csv", rows)
 
 
 # --- chunks ------------------------------------------------------------------------
@@ -375,10 +390,11 @@ def remove_unlisted(workdir: Path, keep: set[str]) -> None:
             folder.rmdir()
 
 
-def counts_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Rows per class and outcome (`ok`, or the reason a URL gave no image)."""
-    outcome = manifest["status"].where(manifest["status"] == "ok", manifest["reason"])
-    return pd.crosstab(manifest["class"], outcome)
+def counts_table(rows: list[Row]) -> pd.DataFrame:
+    """URLs per class and outcome (`ok`, or the reason a URL gave no image)."""
+    counts = Counter((r.cls, r.outcome) for r in rows)
+    table = pd.Series(counts, dtype=int).unstack(fill_value=0) if counts else pd.DataFrame()
+    return table.rename_axis(index="class", columns="outcome").sort_index(axis=1)
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
@@ -409,13 +425,13 @@ def run(cfg: Config, workdir: Path) -> Summary:
             _shared = None
         bar.update(total - sum(windows.values()))  # URLs never needed
     rows, _ = resolve(lists, known, windows, cap)
-    manifest = pd.DataFrame([r.record() for r in rows], columns=COLUMNS)
-    remove_unlisted(workdir, set(manifest.loc[manifest["status"] == "ok", "path"]))
-    files.write_csv(workdir / paths.MANIFEST, manifest)
+    del known  # the rows are the manifest now
+    remove_unlisted(workdir, {r.path for r in rows if r.status == "ok"})
+    write_rows(workdir / paths.MANIFEST, rows)
 
-    table = counts_table(manifest)
+    table = counts_table(rows)
     print(f"download: URLs per class and outcome\n{table.to_string()}")
-    ok = Counter(manifest.loc[manifest["status"] == "ok", "class"])
+    ok = Counter(r.cls for r in rows if r.status == "ok")
     short = {cls: ok.get(cls, 0) for cls in lists if ok.get(cls, 0) < cfg.download.min_images_per_class}
     if short:
         raise StepError(
@@ -425,7 +441,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     return {
         "step": STEP.name,
         "ok": dict(ok),
-        "failed": dict(Counter(manifest.loc[manifest["status"] == "failed", "class"])),
+        "failed": dict(Counter(r.cls for r in rows if r.status == "failed")),
         "outcomes": {cls: {k: int(v) for k, v in r.items() if v} for cls, r in table.iterrows()},
     }
 

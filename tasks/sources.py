@@ -182,7 +182,7 @@ def local_copy(location: str, client: web.Fetcher, workdir: Path, what: str) -> 
     fd, name = tempfile.mkstemp(dir=workdir / paths.URLS, prefix=".download.tmp-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as out:
-            got = client.get(location, sink=out.write)
+            got = client.get(location, sink=out)
         if not got.ok:
             raise SourceError(f"could not fetch {what} from {location}: {got.reason}")
         yield Path(name)

@@ -23,9 +23,9 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -186,8 +186,8 @@ class Fetcher:
         with self._lock:
             return self._hosts.setdefault(key, threading.BoundedSemaphore(self.limits.per_host))
 
-    def get(self, url: str, sink: Callable[[bytes], None] | None = None) -> Fetched:
-        """The body of `url`, or why not. With `sink`, the body goes there in pieces instead."""
+    def get(self, url: str, sink: BinaryIO | None = None) -> Fetched:
+        """The body of `url`, or why not. With `sink` (a file), the body is written there instead."""
         deadline = time.monotonic() + self.limits.timeout_s
         attempt = 0
         while True:
@@ -250,6 +250,9 @@ class Fetcher:
         if declared.isdigit() and int(declared) > self.limits.max_bytes:
             raise _Attempt("too_large")
         body, size = bytearray(), 0
+        if sink is not None:  # a retry starts the file again
+            sink.seek(0)
+            sink.truncate()
         raw = response.raw
         try:
             while True:
@@ -266,7 +269,7 @@ class Fetcher:
                 if sink is None:
                     body += piece
                 else:
-                    sink(piece)
+                    sink.write(piece)
         except (ReadTimeoutError, socket.timeout):
             raise _Attempt("timeout", transient=True) from None
         except (ProtocolError, DecodeError, OSError):  # cut mid-body, or a broken chunked or gzip stream

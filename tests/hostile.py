@@ -134,12 +134,14 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/hang.jpg":  # accepts, then says nothing
             server.stop.wait()
             return None
-        if path == "/cut.jpg":  # promises more than it sends, then hangs up
+        if path == "/cut.jpg" or (path == "/cut-once.jpg" and first):  # promises more than it sends, hangs up
             self.send_response(200)
             self.send_header("Content-Length", str(len(GOOD)))
             self.end_headers()
             self.wfile.write(GOOD[:100])
             return None
+        if path == "/cut-once.jpg":
+            return self.send(200, GOOD)
         if path == "/gzip-bomb.jpg":  # 50 MB of zeros in a small gzip body
             body = gzip.compress(b"\0" * 50_000_000, compresslevel=9)
             return self.send(200, body, {"Content-Encoding": "gzip"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def test_every_hostile_case_gets_its_reason_and_every_good_one_is_kept(tmp_path,
         assert stored.dtype == np.uint8 and stored.shape == (row.height, row.width, 3)
     failed = manifest[manifest["status"] == "failed"]
     assert (failed["path"] == "").all() and (failed["reason"] != "").all()
-    assert summary["outcomes"]["a"] == download.counts_table(manifest).loc["a"][lambda s: s > 0].to_dict()
+    outcomes = manifest["status"].where(manifest["status"] == "ok", manifest["reason"])
+    assert summary["outcomes"]["a"] == outcomes[manifest["class"] == "a"].value_counts().to_dict()
     assert summary["ok"] == {"a": len(ok) - 1, "b": 1}
     stored = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / paths.IMAGES).rglob("*") if p.is_file())
     assert stored == sorted(ok["path"])  # nothing else: no temp files, nothing from failed URLs
@@ -191,6 +193,13 @@ def test_rerun_skips_urls_already_ok_and_retries_failed_ones(tmp_path, host):
     # A setting that changes what is stored re-validates everything.
     fetch(tmp_path, lists, config({"max_side": 64}))
     assert host.hits["/good.jpg"] == 2
+
+
+def test_a_body_streamed_to_a_file_starts_again_on_a_retry(host):
+    with io.BytesIO() as sink:
+        got = web.Fetcher(web.Limits(retries=1, backoff_s=0, allowed_hosts=frozenset({"127.0.0.1"}))).get(
+            host.url("/cut-once.jpg"), sink=sink)
+        assert got.ok and got.attempts == 2 and sink.getvalue() == BODIES["/good.jpg"]
 
 
 # --- where a URL may go -----------------------------------------------------------------
