@@ -155,6 +155,21 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
+class _Deadline:
+    """The time left for one fetch; waiting for our own host slot does not count."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def wait_for(self, slot: threading.BoundedSemaphore) -> None:
+        start = time.monotonic()
+        slot.acquire()
+        self.end += time.monotonic() - start
+
+
 class _Attempt(Exception):
     """One attempt's failure: a reason code, whether to retry, and how long the server asked us to wait."""
 
@@ -188,14 +203,14 @@ class Fetcher:
 
     def get(self, url: str, sink: BinaryIO | None = None) -> Fetched:
         """The body of `url`, or why not. With `sink` (a file), the body is written there instead."""
-        deadline = time.monotonic() + self.limits.timeout_s
+        deadline = _Deadline(self.limits.timeout_s)
         attempt = 0
         while True:
             attempt += 1
             try:
                 return Fetched(self._attempt(url, deadline, sink), attempts=attempt)
             except _Attempt as failure:
-                left = deadline - time.monotonic()
+                left = deadline.left()
                 if not failure.transient or attempt > self.limits.retries:
                     return Fetched(b"", failure.reason, attempt)
                 pause = self.limits.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
@@ -205,13 +220,14 @@ class Fetcher:
                     return Fetched(b"", failure.reason, attempt)
                 time.sleep(pause)
 
-    def _attempt(self, url: str, deadline: float, sink) -> bytes:
+    def _attempt(self, url: str, deadline: _Deadline, sink) -> bytes:
         for _ in range(self.limits.max_redirects + 1):
             if problem := url_problem(url):
                 raise _Attempt(problem)
-            with self._host_slot(url):
-                response = self._request(url, deadline)
-                with response:
+            slot = self._host_slot(url)
+            deadline.wait_for(slot)
+            try:
+                with self._request(url, deadline) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers["Location"])
                         continue
@@ -219,10 +235,12 @@ class Fetcher:
                         code = response.status_code
                         raise _Attempt(f"http_{code}", code in TRANSIENT_STATUS, _retry_after(response))
                     return self._read(response, deadline, sink)
+            finally:
+                slot.release()
         raise _Attempt("too_many_redirects")
 
-    def _request(self, url: str, deadline: float) -> requests.Response:
-        left = deadline - time.monotonic()
+    def _request(self, url: str, deadline: _Deadline) -> requests.Response:
+        left = deadline.left()
         if left <= 0:
             raise _Attempt("timeout")
         timeout = (min(self.limits.connect_timeout_s, left), min(self.limits.read_timeout_s, left))
@@ -244,7 +262,7 @@ class Fetcher:
         except requests.RequestException:
             raise _Attempt("connection_error", transient=True) from None
 
-    def _read(self, response: requests.Response, deadline: float, sink) -> bytes:
+    def _read(self, response: requests.Response, deadline: _Deadline, sink) -> bytes:
         """The body, streamed: cut at the byte cap and at the deadline, however slowly it drips."""
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.limits.max_bytes:
@@ -256,7 +274,7 @@ class Fetcher:
         raw = response.raw
         try:
             while True:
-                left = deadline - time.monotonic()
+                left = deadline.left()
                 if left <= 0:
                     raise _Attempt("timeout", transient=True)
                 _limit_silence(raw, min(self.limits.read_timeout_s, left))

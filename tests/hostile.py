@@ -98,7 +98,12 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/photo/"):  # /photo/<n>.jpg: a distinct image per n
             return self.send(200, jpeg(photo(1000 + int(path[7:].split(".")[0]))))
         if path.startswith("/slow/"):  # the same, a little later
+            with server.lock:
+                server.in_flight += 1
+                server.most_in_flight = max(server.most_in_flight, server.in_flight)
             time.sleep(server.slow_s)
+            with server.lock:
+                server.in_flight -= 1
             return self.send(200, jpeg(photo(1000 + int(path[6:].split(".")[0]))))
         if path == "/missing.jpg":
             return self.send(404, b"<h1>Not found</h1>", {"Content-Type": "text/html"})
@@ -171,6 +176,8 @@ class HostileServer(ThreadingHTTPServer):
         self.times: dict[str, list[float]] = {}
         self.stop = threading.Event()
         self.slow_s = 0.05
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property

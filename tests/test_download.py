@@ -177,6 +177,15 @@ def test_images_per_class_keeps_the_first_good_images_and_fetches_little_more(tm
     assert summary is None  # b has no image left: the step fails, after writing the manifest
 
 
+def test_one_host_gets_at_most_per_host_connections_and_queued_urls_do_not_time_out(tmp_path, host):
+    host.slow_s = 0.2
+    urls = [host.url(f"/slow/{i}.jpg") for i in range(8)]
+    # Eight URLs through two connections take four times the delay, twice the deadline.
+    manifest, _ = fetch(tmp_path, {"a": urls[:4], "b": urls[4:]}, config({"per_host": 2, "timeout_s": 0.5}))
+    assert (manifest["status"] == "ok").all()
+    assert host.most_in_flight == 2
+
+
 def test_a_class_with_too_few_images_fails_the_step_with_a_clear_message(tmp_path, host):
     write_lists(tmp_path, {"a": [host.url("/good.jpg")], "b": [host.url("/missing.jpg")]})
     with pytest.raises(StepError, match=r"too few good images: \{'b': 0\}"):
