@@ -18,7 +18,10 @@ the pipeline runs in. Every fetch here
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import ipaddress
+import itertools
 import random
 import socket
 import threading
@@ -130,13 +133,73 @@ class _Guarded:
         raise error
 
 
-def _guarded_adapter(limits: Limits) -> HTTPAdapter:
+class _Watchdog:
+    """Cuts a connection whose fetch is past its deadline, even while it waits for headers.
+
+    Read timeouts bound each wait for data, not the sum of them: a server that
+    drips its headers a byte at a time would hold a download forever. Shutting the
+    socket down from this thread ends the blocked read at once.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._watched: dict[int, object] = {}
+        self._ids = itertools.count()
+        self._closed = False
+        threading.Thread(target=self._run, name="fetch-deadlines", daemon=True).start()
+
+    @contextlib.contextmanager
+    def watch(self, conn, end: float):
+        key = next(self._ids)
+        with self._cond:
+            self._watched[key] = conn
+            heapq.heappush(self._heap, (end, key))
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._watched.pop(key, None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                while self._heap and self._heap[0][1] not in self._watched:
+                    heapq.heappop(self._heap)  # finished in time
+                wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                if wait is None or wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                sock = getattr(self._watched.pop(heapq.heappop(self._heap)[1]), "sock", None)
+                with contextlib.suppress(OSError, AttributeError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixed into urllib3's pools: the request and its headers run under the fetch's deadline."""
+
+    watchdog: _Watchdog
+    deadlines: threading.local
+
+    def _make_request(self, conn, *args, **kwargs):
+        with self.watchdog.watch(conn, self.deadlines.current.end):
+            return super()._make_request(conn, *args, **kwargs)
+
+
+def _guarded_adapter(limits: Limits, watchdog: _Watchdog, deadlines: threading.local) -> HTTPAdapter:
     attrs = {"allowed": limits.allowed_hosts}
     http = type("GuardedHTTPConnection", (_Guarded, HTTPConnection), attrs)
     https = type("GuardedHTTPSConnection", (_Guarded, HTTPSConnection), attrs)
+    watched = {"watchdog": watchdog, "deadlines": deadlines}
     pools = {
-        "http": type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
-        "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+        "http": type("GuardedHTTPPool", (_Watched, HTTPConnectionPool), {"ConnectionCls": http, **watched}),
+        "https": type("GuardedHTTPSPool", (_Watched, HTTPSConnectionPool), {"ConnectionCls": https, **watched}),
     }
     adapter = HTTPAdapter(pool_connections=64, pool_maxsize=limits.per_host, max_retries=0)
     adapter.poolmanager.pool_classes_by_scheme = pools
@@ -186,7 +249,8 @@ class Fetcher:
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or .netrc from the environment: they would bypass the rules
         self.session.headers["User-Agent"] = USER_AGENT
-        adapter = _guarded_adapter(limits)
+        self._watchdog, self._deadlines = _Watchdog(), threading.local()
+        adapter = _guarded_adapter(limits, self._watchdog, self._deadlines)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
@@ -194,6 +258,7 @@ class Fetcher:
 
     def close(self) -> None:
         self.session.close()
+        self._watchdog.close()
 
     def _host_slot(self, url: str) -> threading.BoundedSemaphore:
         parts = urlsplit(url)
@@ -244,11 +309,14 @@ class Fetcher:
         if left <= 0:
             raise _Attempt("timeout")
         timeout = (min(self.limits.connect_timeout_s, left), min(self.limits.read_timeout_s, left))
+        self._deadlines.current = deadline
         try:
             return self.session.get(url, stream=True, allow_redirects=False, timeout=timeout)
         except BlockedHost:  # raised while connecting; urllib3 and requests let it through
             raise _Attempt("blocked_host") from None
         except requests.exceptions.ConnectionError as exc:
+            if deadline.left() <= 0:  # cut by the watchdog
+                raise _Attempt("timeout") from None
             if isinstance(exc, requests.exceptions.SSLError):
                 raise _Attempt("tls_error") from None
             if isinstance(exc, requests.exceptions.ConnectTimeout):

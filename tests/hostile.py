@@ -8,7 +8,7 @@ import struct
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
@@ -88,6 +88,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        try:
+            self.answer()
+        finally:
+            self.server.finished[self.path.split("?")[0]].set()
+
+    def answer(self):
         server: HostileServer = self.server
         path = self.path.split("?")[0]
         server.hits[path] += 1
@@ -136,6 +142,24 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(GOOD)))
             self.end_headers()
             return self.stream(GOOD[:1], pause=0.05)
+        if path == "/slow-headers.jpg":  # a header a byte at a time for 5 s, then an image
+            self.send_response(200)
+            self.flush_headers()
+            self.wfile.write(b"X-Slow: ")
+            for _ in range(100):
+                try:
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                except OSError:  # the client gave up before the headers were done
+                    server.cut.add(path)
+                    return None
+                if server.stop.wait(0.05):
+                    return None
+            self.wfile.write(b"\r\n")
+            self.send_header("Content-Length", str(len(GOOD)))
+            self.end_headers()
+            self.wfile.write(GOOD)
+            return None
         if path == "/hang.jpg":  # accepts, then says nothing
             server.stop.wait()
             return None
@@ -173,6 +197,8 @@ class HostileServer(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
         self.hits: Counter = Counter()
+        self.cut: set[str] = set()
+        self.finished: defaultdict[str, threading.Event] = defaultdict(threading.Event)
         self.times: dict[str, list[float]] = {}
         self.stop = threading.Event()
         self.slow_s = 0.05

@@ -90,6 +90,7 @@ EXPECTED = {
     "/endless.jpg": ("failed", "too_large"),
     "/gzip-bomb.jpg": ("failed", "too_large"),
     "/drip.jpg": ("failed", "timeout"),
+    "/slow-headers.jpg": ("failed", "timeout"),
     "/hang.jpg": ("failed", "timeout"),
 }
 
@@ -102,6 +103,8 @@ def test_every_hostile_case_gets_its_reason_and_every_good_one_is_kept(tmp_path,
     assert list(manifest.columns) == download.COLUMNS
     got = {u.removeprefix(host.url("")): outcome(manifest, u) for u in urls}
     assert got == EXPECTED
+    assert host.finished["/slow-headers.jpg"].wait(30)
+    assert "/slow-headers.jpg" in host.cut  # cut at the deadline, not when the headers ended
     assert {u: outcome(manifest, u)[1] for u in extra} == extra
     ok = manifest[manifest["status"] == "ok"]
     for row in ok.itertuples():  # stored under its digest, 8-bit colour, dimensions as recorded
