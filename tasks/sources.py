@@ -58,6 +58,11 @@ def _web_only(urls: Iterable[str]) -> list[str]:
 
 
 def _soup(body: bytes | str) -> BeautifulSoup:
+    if isinstance(body, bytes):
+        # Valid UTF-8 is UTF-8: the guess BeautifulSoup would make depends on which
+        # charset detector happens to be installed (one reads `~` as Shift-JIS `‾`).
+        with contextlib.suppress(UnicodeDecodeError):
+            body = body.decode("utf-8")
     with warnings.catch_warnings():  # a list of one URL "looks like a URL": it is one
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
         return BeautifulSoup(body, "html.parser")

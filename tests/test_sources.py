@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hostile import jpeg, photo
@@ -35,6 +35,7 @@ junk = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 
 @given(st.lists(st.one_of(urls.map(lambda u: ("url", u)), junk.map(lambda j: ("junk", j))), max_size=30),
        st.sampled_from(["\n", "\r\n"]), st.booleans())
+@example([("url", "http://0/"), ("junk", "䰡𗭡"), ("url", "http://0/~")], "\n", False)  # not read as Shift-JIS
 def test_url_list_parser_keeps_exactly_the_urls_in_order_without_repeats(lines, newline, as_html):
     body = newline.join(text for _, text in lines)
     if as_html:
