@@ -31,3 +31,4 @@ test: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	python bench/pipeline.py
+	python bench/download.py

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -33,14 +33,42 @@ class Base(Section):
     seed: int = 42
 
 
+Source = Literal["imagenet_api", "url_list", "html", "archive", "folder"]
+
+
 class ClassSpec(Section):
-    wnid: Annotated[str, StringConstraints(pattern=r"^n\d{8}$")]
+    # The class's ImageNet synset: the endpoint's `{wnid}`, the filter on a shared
+    # fall11_urls.txt-style list, and the default folder name in an archive or folder.
+    wnid: Annotated[str, StringConstraints(pattern=r"^n\d{8}$")] | None = None
+    # This class's source, when it is not `data.source`.
+    source: Source | None = None
+    # url_list: this class's own list (a path or an http(s) URL), one URL per line.
+    url_list: str | None = None
+    # html: web pages whose images (<img src/srcset>, <a href> to image files) are this class.
+    pages: list[str] = Field(default_factory=list)
+    # archive, folder: the class's folder (default: its wnid, else its name), inside
+    # `data.archive` or `data.folder`; for a folder source also any path of its own.
+    folder: str | None = None
 
 
 class Data(Section):
-    source: Literal["imagenet_api"] = "imagenet_api"
+    # Where URL lists come from (per class, `classes.<name>.source` overrides it):
+    # imagenet_api: `url_list_endpoint` per wnid; url_list: a text file per class or
+    # one shared fall11_urls.txt-style file (`url_list`); html: web pages; archive:
+    # a .tar/.tar.gz/.zip with a folder per class (`archive`); folder: local folders.
+    source: Source = "imagenet_api"
     # ImageNet's old URL-list endpoint; `{wnid}` is replaced per class.
     url_list_endpoint: str = "http://127.0.0.1:8765/api/text/imagenet.synset.geturls?wnid={wnid}"
+    # A shared list, `<wnid>_<n><TAB><url>` per line (ImageNet's fall11_urls.txt): path or URL.
+    url_list: str | None = None
+    # An archive holding one folder per class (e.g. Imagenette's wnid folders): path or URL.
+    archive: str | None = None
+    # A local folder holding one folder per class.
+    folder: str | None = None
+    # Deadline and size cap for fetching one list, page or archive, and the cap on
+    # what an archive may extract to.
+    timeout_s: float = Field(default=600.0, gt=0)
+    max_bytes: int = Field(default=20_000_000_000, ge=1024)
     # Start the embedded demo mirror when the endpoint is on a loopback address
     # and nothing answers there.
     embedded_mirror: bool = True
@@ -64,6 +92,25 @@ class Data(Section):
             raise ValueError("must contain the placeholder {wnid}")
         return value
 
+    @model_validator(mode="after")
+    def _sources_complete(self) -> "Data":
+        for name, spec in self.classes.items():
+            source = self.source_of(name)
+            missing = {
+                "imagenet_api": None if spec.wnid else "a wnid",
+                "url_list": None if spec.url_list or (self.url_list and spec.wnid) else
+                "its own url_list, or a wnid and data.url_list",
+                "html": None if spec.pages else "pages",
+                "archive": None if self.archive else "data.archive",
+                "folder": None if self.folder or spec.folder else "data.folder or its own folder",
+            }[source]
+            if missing:
+                raise ValueError(f"classes.{name} (source {source}) needs {missing}")
+        return self
+
+    def source_of(self, name: str) -> str:
+        return self.classes[name].source or self.source
+
     def endpoint_is_loopback(self) -> bool:
         host = urlsplit(self.url_list_endpoint).hostname or ""
         if host == "localhost":
@@ -75,14 +122,45 @@ class Data(Section):
 
 
 class Download(Section):
-    workers: int = Field(default=16, ge=1, le=512)
+    # Concurrent downloads per process, and at most this many to one host.
+    workers: int = Field(default=16, ge=1, le=1024)
+    per_host: int = Field(default=16, ge=1, le=1024)
+    # One deadline per URL for everything (connects, redirects, retries, the body),
+    # so slow drips and endless streams are cut; plus per-connect and per-read limits.
     timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0)
+    # Retries of connection errors, timeouts, 429 and 5xx, with exponential backoff
+    # from backoff_s and jitter (Retry-After honoured); never of a 404 or a bad image.
     retries: int = Field(default=2, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0)
+    max_redirects: int = Field(default=5, ge=0, le=30)
+    max_bytes: int = Field(default=20_000_000, ge=1024)
     min_side: int = Field(default=32, ge=1)
+    # Refused before decoding (decompression bombs), from the header's dimensions.
+    max_pixels: int = Field(default=50_000_000, ge=1024)
     # Longer side is shrunk to this on store; null stores images as they came.
     max_side: int | None = Field(default=512, ge=32)
-    max_bytes: int = Field(default=20_000_000, ge=1024)
     min_images_per_class: int = Field(default=10, ge=1)
+    # Hosts that may resolve to loopback, private or other non-public addresses
+    # (every other such destination is refused as blocked_host). The default is
+    # the embedded demo source's.
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    # SHA-256 digests of more "photo unavailable" images to refuse as placeholder.
+    placeholder_digests: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list)
+    # URLs per chunk: the unit of work a task runs and a killed run resumes from.
+    chunk_size: int = Field(default=256, ge=1)
+    # Where chunks run inside a Prefect flow: threads of the flow's process, or a
+    # Dask cluster (a scheduler at dask_address, else a local one of dask_workers processes).
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = None
+    dask_workers: int = Field(default=2, ge=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [host.lower().strip("[]") for host in value]
 
 
 class Split(Section):

@@ -167,3 +167,21 @@ def encode(img: np.ndarray, fmt: str, quality: int = 90) -> bytes:
     if not ok:
         raise RuntimeError(f"could not encode {fmt}")
     return data.tobytes()
+
+
+def placeholder(width: int = 240, height: int = 180) -> bytes:
+    """A "photo unavailable" image like the ones photo hosts serve for removed photos.
+
+    Written as an uncompressed 24-bit BMP by hand, so its bytes (and the digest listed
+    in `tasks.images.PLACEHOLDERS`) do not depend on any encoder's version.
+    """
+    img = np.full((height, width, 3), 230, np.uint8)
+    img[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = 190  # a grey "missing photo" tile
+    img[height // 2 - 2 : height // 2 + 2, width // 3 : 2 * width // 3] = 120
+    row = width * 3
+    pad = (4 - row % 4) % 4
+    pixels = b"".join(bytes(r.tobytes()) + b"\0" * pad for r in img[::-1])  # BMP rows go bottom-up
+    header = b"BM" + (54 + len(pixels)).to_bytes(4, "little") + b"\0\0\0\0" + (54).to_bytes(4, "little")
+    info = (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    info += (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + b"\0" * 24
+    return header + info + pixels

@@ -1,31 +1,49 @@
 """download: fetch every listed URL, keep the ones that decode as images.
 
-Reader (URL lists) -> fetcher (bounded, streamed, retried) -> validator (OpenCV
-decode) -> writer (content-digest names) -> manifest (one row per class and URL,
-with a reason for every URL that did not give an image). Individual failures never
-fail the step; a class left with too few good images does.
+Reader (URL lists) -> plan (which URLs, in chunks) -> fetcher (`tasks.web`:
+bounded, streamed, retried, address-checked) -> validator (`tasks.images`) ->
+writer (content-digest names) -> merge (caps, duplicates, label conflicts) ->
+manifest (one row per class and URL, with a reason for every URL that gave no
+image). Individual failures never fail the step; a class left with too few good
+images does.
+
+Work is cut into chunks. Each chunk records its finished rows in one file,
+written atomically under .alexnet/download/, and images are written atomically
+under their digest, so a run killed at any moment resumes where it stopped. In a
+Prefect run each chunk is a `download_chunk` task on the configured task runner
+(threads, or a Dask cluster); outside one (`alexnet stage download`, DVC) the same
+chunk function runs in this process.
+
+Only the first `data.images_per_class` good images of a class (in list order) are
+kept, so URLs are planned in growing windows from the top of each list until
+every class has enough or its list runs out; the windows depend only on the
+outcomes, never on timing, so a resumed run plans what an uninterrupted one did.
 """
 
 from __future__ import annotations
 
-import random
-import threading
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import shutil
+import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import cv2
-import numpy as np
 import pandas as pd
-import requests
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks import files, paths
-from tasks.progress import Progress
+from tasks import files, images, paths, sources, web
 from tasks.config import Config, Download
-from tasks.step import Step, StepError, Summary, step_task
+from tasks.progress import Progress
+from tasks.step import STATE_DIR, Step, StepError, Summary, step_task
 
 STEP = Step(
     name="download",
@@ -33,15 +51,14 @@ STEP = Step(
     deps=(paths.URLS,),
     outs=(paths.IMAGES, paths.MANIFEST),
     network=True,
+    persist=(paths.IMAGES, paths.MANIFEST),  # a killed or re-parametrised run resumes from what it has
 )
 
 COLUMNS = ["url", "class", "status", "reason", "path", "sha256", "width", "height", "bytes", "attempts", "elapsed_s"]
-TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-CONNECT_TIMEOUT_S = 5.0
-BACKOFF_S = 0.5
+RECORDS_DIR = STATE_DIR / "download"
 
 
-@dataclass
+@dataclass(slots=True)  # one per URL, so kept small
 class Row:
     url: str
     cls: str
@@ -55,132 +72,301 @@ class Row:
     attempts: int = 0
     elapsed_s: float = 0.0
 
-    def record(self) -> dict:
-        row = asdict(self)
-        row["class"] = row.pop("cls")
+    @classmethod
+    def from_record(cls, rec: dict) -> "Row":
+        rec = {**rec, "cls": rec["class"]}
+        kinds = {f.name: f.type for f in fields(cls)}
+        convert = {"int": int, "float": float, "str": str}
+        row = cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
+        row.cls, row.status, row.reason = sys.intern(row.cls), sys.intern(row.status), sys.intern(row.reason)
+        return row
+
+    @property
+    def outcome(self) -> str:
+        return "ok" if self.status == "ok" else self.reason
+
+
+def write_rows(target: Path, rows: list[Row]) -> None:
+    """Rows as CSV with the manifest's columns, written atomically."""
+    with files.atomic_path(target) as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        writer.writerows([getattr(r, "cls" if c == "class" else c) for c in COLUMNS] for r in rows)
+
+
+def read_rows(path: Path) -> Iterator[Row]:
+    with open(path, newline="") as rows:
+        yield from (Row.from_record(rec) for rec in csv.DictReader(rows))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """URLs of one class, downloaded by one task."""
+
+    cls: str
+    urls: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(json.dumps([self.cls, self.urls]).encode()).hexdigest()[:24]
+
+
+def limits(cfg: Download) -> web.Limits:
+    return web.Limits(
+        timeout_s=cfg.timeout_s, connect_timeout_s=cfg.connect_timeout_s, read_timeout_s=cfg.read_timeout_s,
+        max_bytes=cfg.max_bytes, retries=cfg.retries, backoff_s=cfg.backoff_s, max_redirects=cfg.max_redirects,
+        per_host=cfg.per_host, allowed_hosts=frozenset(cfg.allowed_hosts),
+    )
+
+
+# --- fetch, validate, store ------------------------------------------------------
+
+
+class Downloader:
+    """A process's download threads and HTTP client, shared by the chunks it runs."""
+
+    def __init__(self, cfg: Config, workdir: Path):
+        self.cfg, self.workdir = cfg, workdir
+        self.fetcher = web.Fetcher(limits(cfg.download))
+        self.pool = ThreadPoolExecutor(cfg.download.workers, thread_name_prefix="download")
+        self.roots = sources.local_roots(cfg.data, workdir)
+        self.placeholders = frozenset(cfg.download.placeholder_digests)
+
+    def __enter__(self) -> "Downloader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(cancel_futures=True)
+        self.fetcher.close()
+
+    def fetch(self, url: str) -> web.Fetched:
+        if url.startswith("file:"):
+            return self.read_local(url)
+        if problem := web.url_problem(url):
+            return web.Fetched(b"", problem)
+        return self.fetcher.get(url)
+
+    def read_local(self, entry: str) -> web.Fetched:
+        """A local source's file, read only from the folders the params name."""
+        try:
+            path = sources.local_path(entry, self.workdir).resolve()
+        except ValueError:
+            return web.Fetched(b"", "invalid_url")
+        if not any(path.is_relative_to(root) for root in self.roots):
+            return web.Fetched(b"", "blocked_path")
+        if not path.is_file():
+            return web.Fetched(b"", "missing_file", 1)
+        if path.stat().st_size > self.cfg.download.max_bytes:
+            return web.Fetched(b"", "too_large", 1)
+        return web.Fetched(path.read_bytes(), "", 1)
+
+    def process(self, url: str, cls: str) -> Row:
+        """Fetch, validate and store one URL; every outcome is a row."""
+        cfg = self.cfg.download
+        row, start = Row(url=url, cls=cls), time.monotonic()
+        got = self.fetch(url)
+        row.reason, row.attempts, row.bytes = got.reason, got.attempts, len(got.body)
+        if got.ok:
+            checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders)
+            row.reason, row.sha256 = checked.reason, checked.sha256
+            if checked.image is not None:
+                stored, ext, (row.height, row.width) = images.for_store(got.body, checked, cfg.max_side)
+                row.path = f"{paths.IMAGES}/{cls}/{checked.sha256}.{ext}"
+                target = self.workdir / row.path
+                if not target.is_file():
+                    files.write_bytes(target, stored)
+                row.status = "ok"
+        row.elapsed_s = round(time.monotonic() - start, 3)
         return row
 
 
-class Fetcher:
-    """HTTP GET with a connect timeout, a total deadline, a byte cap and retries."""
-
-    def __init__(self, cfg: Download):
-        self.cfg = cfg
-        self.local = threading.local()
-
-    def session(self) -> requests.Session:
-        if not hasattr(self.local, "session"):
-            self.local.session = requests.Session()
-            self.local.session.headers["User-Agent"] = "alexnet-dag"
-        return self.local.session
-
-    def _once(self, url: str) -> tuple[bytes | None, str, bool]:
-        """(body, reason, transient) for one attempt."""
-        deadline = time.monotonic() + self.cfg.timeout_s
-        timeout = (min(CONNECT_TIMEOUT_S, self.cfg.timeout_s), self.cfg.timeout_s)
-        try:
-            with self.session().get(url, stream=True, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    return None, f"http_{response.status_code}", response.status_code in TRANSIENT_STATUS
-                body = bytearray()
-                for chunk in response.iter_content(64 * 1024):
-                    body += chunk
-                    if len(body) > self.cfg.max_bytes:
-                        return None, "too_large", False
-                    if time.monotonic() > deadline:
-                        return None, "timeout", True
-                return bytes(body), "", False
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
-            return None, "invalid_url", False
-        except requests.Timeout:
-            return None, "timeout", True
-        except requests.RequestException:
-            return None, "connection_error", True
-
-    def get(self, url: str) -> tuple[bytes | None, str, int]:
-        for attempt in range(1, self.cfg.retries + 2):
-            body, reason, transient = self._once(url)
-            if body is not None or not transient or attempt > self.cfg.retries:
-                return body, reason, attempt
-            time.sleep(BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable")
+_shared: Downloader | None = None  # the running step's downloader, for chunks run in its process
 
 
-def _looks_truncated(data: bytes) -> bool:
-    """Decoders fill a cut-off JPEG with grey and report success; check the end markers."""
-    if data[:2] == b"\xff\xd8":
-        return b"\xff\xd9" not in data[-64:]
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in data[-16:]
-    return False
+@contextlib.contextmanager
+def _downloader(cfg: Config, workdir: Path) -> Iterator[Downloader]:
+    if _shared is not None and _shared.cfg == cfg and _shared.workdir == workdir:
+        yield _shared
+    else:  # a chunk on another process (a Dask worker): a downloader of its own
+        with Downloader(cfg, workdir) as own:
+            yield own
 
 
-IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+# --- records of finished chunks -----------------------------------------------------
 
 
-def validate(data: bytes, cfg: Download) -> tuple[np.ndarray | None, str]:
-    """Decode with OpenCV; (image, "") or (None, reason)."""
-    if not data:
-        return None, "empty"
-    if _looks_truncated(data):
-        return None, "truncated"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        return None, "corrupt" if data.startswith(IMAGE_MAGIC) else "not_image"
-    if min(image.shape[:2]) < cfg.min_side:
-        return None, "too_small"
-    return image, ""
+class Records:
+    """Finished rows, one CSV per chunk, in .alexnet/download/<settings>/.
+
+    The folder is keyed by the settings that decide what an `ok` row stores, so a
+    change of, say, `download.max_side` never reuses images stored under the old one.
+    """
+
+    def __init__(self, workdir: Path, cfg: Download):
+        settings = {k: getattr(cfg, k) for k in ("min_side", "max_side", "max_pixels", "max_bytes")}
+        settings["placeholders"] = sorted(cfg.placeholder_digests)
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.workdir, self.folder = workdir, workdir / RECORDS_DIR / key
+
+    def start(self) -> None:
+        """Begin a run: keep the `ok` rows whose image is still on disk, forget the rest.
+
+        Failed URLs get another try in every run; the files are replaced atomically,
+        so a kill in here loses nothing.
+        """
+        if self.folder.parent.is_dir():
+            for other in self.folder.parent.iterdir():
+                if other != self.folder:
+                    shutil.rmtree(other, ignore_errors=True)
+        files.remove_stale_temps(self.folder)
+        old = sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []
+        keep = [r for r in self.read().values() if r.status == "ok" and (self.workdir / r.path).is_file()]
+        if keep:
+            write_rows(self.folder / "carried.csv", keep)
+        for path in old:
+            if path.name != "carried.csv" or not keep:
+                path.unlink()
+
+    def read(self) -> dict[tuple[str, str], Row]:
+        known: dict[tuple[str, str], Row] = {}
+        for path in sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []:
+            for row in read_rows(path):
+                if (row.cls, row.url) not in known or row.status == "ok":
+                    known[(row.cls, row.url)] = row
+        return known
+
+    def write(self, chunk: Chunk, rows: list[Row]) -> None:
+        write_rows(self.folder / f"{chunk.id}.csv", rows)
 
 
-def encode_for_store(data: bytes, image: np.ndarray, cfg: Download) -> tuple[bytes, str]:
-    """The bytes to store and their extension: as downloaded when possible, else re-encoded."""
-    h, w = image.shape[:2]
-    if cfg.max_side and max(h, w) > cfg.max_side:
-        scale = cfg.max_side / max(h, w)
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    elif data[:2] == b"\xff\xd8":
-        return data, "jpg"
-    elif data[:4] == b"\x89PNG":
-        return data, "png"
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return encoded.tobytes(), "jpg"
+# --- chunks ------------------------------------------------------------------------
 
 
-def url_problem(url: str) -> str:
-    """A reason code for URLs never worth fetching, else ""."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return "invalid_url"
-    if not parts.scheme:
-        return "invalid_url"
-    if parts.scheme.lower() not in ("http", "https"):
-        return "bad_scheme"
-    return "" if host else "invalid_url"
+def download_chunk(cfg: Config, chunk: Chunk, workdir: str | Path, on_url: Callable[[], None] | None = None) -> dict:
+    """Download one chunk's URLs and record its rows; a small summary for the caller."""
+    workdir = Path(workdir)
+    rows = []
+    with _downloader(cfg, workdir) as downloader:
+        for future in [downloader.pool.submit(downloader.process, url, chunk.cls) for url in chunk.urls]:
+            rows.append(future.result())
+            if on_url:
+                on_url()
+    Records(workdir, cfg.download).write(chunk, rows)
+    return {"class": chunk.cls, "urls": len(rows), "ok": sum(r.status == "ok" for r in rows)}
 
 
-def process(url: str, cls: str, fetcher: Fetcher, cfg: Download, workdir: Path) -> Row:
-    """Fetch, validate and store one URL; every outcome is a row."""
-    row, start = Row(url=url, cls=cls), time.monotonic()
-    reason = url_problem(url)
-    data = None
-    if not reason:
-        data, reason, row.attempts = fetcher.get(url)
-    if data is not None:
-        row.bytes = len(data)
-        image, reason = validate(data, cfg)
-        if image is not None:
-            row.sha256 = files.sha256_bytes(data)
-            row.height, row.width = image.shape[:2]
-            stored, ext = encode_for_store(data, image, cfg)
-            row.path = f"{paths.IMAGES}/{cls}/{row.sha256}.{ext}"
-            if not (workdir / row.path).is_file():
-                files.write_bytes(workdir / row.path, stored)
-            row.status = "ok"
-    row.reason = reason
-    row.elapsed_s = round(time.monotonic() - start, 3)
-    return row
+download_chunk_task = task(download_chunk, name="download_chunk", cache_policy=NO_CACHE, persist_result=False)
+
+
+def _task_runner(cfg: Download, in_flight: int):
+    if cfg.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if cfg.dask_address:
+            return DaskTaskRunner(address=cfg.dask_address)
+        from prefect.client.orchestration import get_client
+
+        # Local workers report to this run's API, even a temporary one, rather than
+        # each starting a temporary server of its own.
+        env = {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}
+        return DaskTaskRunner(cluster_kwargs={
+            "n_workers": cfg.dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
+            "env": env})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=in_flight)
+
+
+@contextlib.contextmanager
+def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Callable[[list[Chunk]], None]]:
+    """A function that runs chunks: as Prefect tasks inside a Prefect run, else in this process."""
+    from prefect.context import TaskRunContext
+
+    # Enough chunks at once that a chunk's slowest URL never leaves the threads idle.
+    in_flight = max(2, 2 * math.ceil(cfg.download.workers / cfg.download.chunk_size))
+    if TaskRunContext.get() is None:
+        with ThreadPoolExecutor(in_flight, thread_name_prefix="chunk") as pool:
+            yield lambda chunks: list(pool.map(lambda c: download_chunk(cfg, c, workdir, progress.update), chunks))
+        return
+    with _task_runner(cfg.download, in_flight) as runner:
+
+        def run_chunks(chunks: list[Chunk]) -> None:
+            params = [{"cfg": cfg, "chunk": c, "workdir": str(workdir)} for c in chunks]
+            for future in [runner.submit(download_chunk_task, p) for p in params]:
+                progress.update(future.result()["urls"])
+
+        yield run_chunks
+
+
+# --- plan and merge -------------------------------------------------------------------
+
+
+def first_window(n: int, cap: int | None) -> int:
+    return n if cap is None else min(n, math.ceil(cap * 1.25) + 4)
+
+
+def grown_window(window: int, kept: int, cap: int, n: int) -> int:
+    """Enough more URLs to reach the cap at the yield seen so far."""
+    rate = max(kept / window, 0.05)
+    return min(n, window + math.ceil((cap - kept) / rate * 1.1) + 4)
+
+
+def resolve(lists: dict[str, list[str]], known: dict, windows: dict[str, int], cap: int | None):
+    """The manifest's rows and the images kept per class, from the fetched rows.
+
+    In list order per class: an image under two classes is a label conflict (kept in
+    neither), a repeat within a class is a duplicate (kept once), and past the cap
+    an image is skipped; URLs beyond the window were never needed.
+    """
+    owners: dict[str, set[str]] = defaultdict(set)
+    for cls, urls in lists.items():
+        for url in urls[: windows[cls]]:
+            row = known[(cls, url)]
+            if row.status == "ok":
+                owners[row.sha256].add(cls)
+    rows, kept = [], {}
+    for cls, urls in lists.items():
+        seen: set[str] = set()
+        for url in urls[: windows[cls]]:
+            row = replace(known[(cls, url)])
+            if row.status == "ok":
+                if len(owners[row.sha256]) > 1:
+                    row.status, row.reason, row.path = "failed", "label_conflict", ""
+                elif row.sha256 in seen:
+                    row.status, row.reason, row.path = "skipped", "duplicate", ""
+                elif cap is not None and len(seen) >= cap:
+                    row.status, row.reason, row.path = "skipped", "enough_images", ""
+                else:
+                    seen.add(row.sha256)
+            rows.append(row)
+        rows += [Row(url=u, cls=cls, status="skipped", reason="enough_images") for u in urls[windows[cls]:]]
+        kept[cls] = len(seen)
+    return rows, kept
+
+
+def plan(lists: dict[str, list[str]], known: dict, cap: int | None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(windows, URLs still to fetch): grow each short class's window until all are fetched."""
+    windows = {cls: first_window(len(urls), cap) for cls, urls in lists.items()}
+    while True:
+        pending = [(c, u) for c, urls in lists.items() for u in urls[: windows[c]] if (c, u) not in known]
+        if pending:
+            return windows, pending
+        _, kept = resolve(lists, known, windows, cap)
+        grown = {c: grown_window(windows[c], kept[c], cap, len(urls)) for c, urls in lists.items()
+                 if cap is not None and kept[c] < cap and windows[c] < len(urls)}
+        if not grown:
+            return windows, []
+        windows.update(grown)
+
+
+def chunks_of(pending: list[tuple[str, str]], size: int) -> list[Chunk]:
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for cls, url in pending:
+        by_class[cls].append(url)
+    return [Chunk(cls, tuple(urls[i : i + size])) for cls, urls in by_class.items() for i in range(0, len(urls), size)]
+
+
+# --- the step -----------------------------------------------------------------------------
 
 
 def read_url_lists(cfg: Config, workdir: Path) -> dict[str, list[str]]:
@@ -193,51 +379,8 @@ def read_url_lists(cfg: Config, workdir: Path) -> dict[str, list[str]]:
     return lists
 
 
-def previous_ok(workdir: Path) -> dict[tuple[str, str], Row]:
-    """Rows of an earlier run whose image is still on disk: reused, not fetched again."""
-    manifest = workdir / paths.MANIFEST
-    if not manifest.is_file():
-        return {}
-    frame = pd.read_csv(manifest, keep_default_na=False)
-    rows = {}
-    for rec in frame[frame["status"] == "ok"].to_dict("records"):
-        if (workdir / rec["path"]).is_file():
-            rec["cls"] = rec.pop("class")
-            rows[(rec["cls"], rec["url"])] = Row(**{k: rec[k] for k in Row.__dataclass_fields__})
-    return rows
-
-
-def download_class(cls, urls, cap, pool, fetcher, cfg, workdir, reuse, progress) -> list[Row]:
-    """Rows for one class, in list order; the first `cap` good images are kept."""
-    rows: list[Row] = []
-    seen: set[str] = set()
-    kept, pos = 0, 0
-    while pos < len(urls) and (cap is None or kept < cap):
-        need = len(urls) if cap is None else cap - kept
-        window = urls[pos : pos + max(cfg.workers, int(need * 1.25) + 2)]
-        pos += len(window)
-
-        def one(url: str) -> Row:
-            row = reuse.get((cls, url)) or process(url, cls, fetcher, cfg, workdir)
-            progress.update()
-            return row
-
-        for row in pool.map(one, window):
-            if row.status == "ok":
-                if row.sha256 in seen:
-                    row.status, row.reason, row.path = "skipped", "duplicate", ""
-                elif cap is not None and kept >= cap:
-                    row.status, row.reason, row.path = "skipped", "enough_images", ""
-                else:
-                    seen.add(row.sha256)
-                    kept += 1
-            rows.append(row)
-    rows += [Row(url=u, cls=cls, status="skipped", reason="enough_images") for u in urls[pos:]]
-    return rows
-
-
 def remove_unlisted(workdir: Path, keep: set[str]) -> None:
-    """Images not in this run's manifest (an old class, a lowered cap) are removed."""
+    """Images not in this run's manifest (an old class, a lowered cap, a duplicate) are removed."""
     root = workdir / paths.IMAGES
     for path in root.rglob("*"):
         if path.is_file() and path.relative_to(workdir).as_posix() not in keep:
@@ -247,30 +390,48 @@ def remove_unlisted(workdir: Path, keep: set[str]) -> None:
             folder.rmdir()
 
 
-def counts_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Rows per class and outcome (`ok`, or the reason a URL gave no image)."""
-    outcome = manifest["status"].where(manifest["status"] == "ok", manifest["reason"])
-    return pd.crosstab(manifest["class"], outcome)
+def counts_table(rows: list[Row]) -> pd.DataFrame:
+    """URLs per class and outcome (`ok`, or the reason a URL gave no image)."""
+    counts = Counter((r.cls, r.outcome) for r in rows)
+    table = pd.Series(counts, dtype=int).unstack(fill_value=0) if counts else pd.DataFrame()
+    return table.rename_axis(index="class", columns="outcome").sort_index(axis=1)
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
     """Download, validate and store the images of every class; write the manifest."""
+    global _shared
     lists = read_url_lists(cfg, workdir)
     files.remove_stale_temps(workdir / paths.IMAGES)
-    reuse = previous_ok(workdir)
-    fetcher = Fetcher(cfg.download)
-    total = sum(len(u) for u in lists.values())
-    rows: list[Row] = []
-    with ThreadPoolExecutor(cfg.download.workers) as pool, Progress("download", total, unit="url") as bar:
-        for cls, urls in lists.items():
-            rows += download_class(cls, urls, cfg.data.images_per_class, pool, fetcher, cfg.download, workdir, reuse, bar)
-    manifest = pd.DataFrame([r.record() for r in rows], columns=COLUMNS)
-    remove_unlisted(workdir, set(manifest.loc[manifest["status"] == "ok", "path"]))
-    files.write_csv(workdir / paths.MANIFEST, manifest)
+    records = Records(workdir, cfg.download)
+    records.start()
+    cap = cfg.data.images_per_class
+    total = sum(len(urls) for urls in lists.values())
+    with Progress("download", total, unit="url") as bar, Downloader(cfg, workdir) as downloader:
+        _shared = downloader  # chunks run in this process share its threads and connections
+        try:
+            with chunk_runner(cfg, workdir, bar) as run_chunks:
+                last: list = []
+                while True:
+                    known = records.read()
+                    windows, pending = plan(lists, known, cap)
+                    if not pending:
+                        break
+                    if pending == last:
+                        raise StepError(f"chunks finished but left no records in {records.folder}: "
+                                        "do all task runner workers see this folder?")
+                    run_chunks(chunks_of(pending, cfg.download.chunk_size))
+                    last = pending
+        finally:
+            _shared = None
+        bar.update(total - sum(windows.values()))  # URLs never needed
+    rows, _ = resolve(lists, known, windows, cap)
+    del known  # the rows are the manifest now
+    remove_unlisted(workdir, {r.path for r in rows if r.status == "ok"})
+    write_rows(workdir / paths.MANIFEST, rows)
 
-    table = counts_table(manifest)
-    print(f"download: images per class and outcome\n{table.to_string()}")
-    ok = Counter(manifest.loc[manifest["status"] == "ok", "class"])
+    table = counts_table(rows)
+    print(f"download: URLs per class and outcome\n{table.to_string()}")
+    ok = Counter(r.cls for r in rows if r.status == "ok")
     short = {cls: ok.get(cls, 0) for cls in lists if ok.get(cls, 0) < cfg.download.min_images_per_class}
     if short:
         raise StepError(
@@ -280,7 +441,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     return {
         "step": STEP.name,
         "ok": dict(ok),
-        "failed": dict(Counter(manifest.loc[manifest["status"] == "failed", "class"])),
+        "failed": dict(Counter(r.cls for r in rows if r.status == "failed")),
         "outcomes": {cls: {k: int(v) for k, v in r.items() if v} for cls, r in table.iterrows()},
     }
 

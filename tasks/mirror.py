@@ -3,8 +3,9 @@
 `GET /api/text/imagenet.synset.geturls?wnid=<wnid>` answers a CRLF-separated list of
 image URLs, as image-net.org did until 2021. The images are generated on request
 (see `demo_images`), and the lists carry the bad entries real lists carry: dead
-links, HTML pages instead of images and truncated files. The pipeline starts the
-mirror itself when its endpoint is on a loopback address and nothing answers.
+links, HTML pages instead of images, truncated files, a host's "photo unavailable"
+placeholder, and the same photo under a second URL. The pipeline starts the mirror
+itself when its endpoint is on a loopback address and nothing answers.
 """
 
 from __future__ import annotations
@@ -28,17 +29,20 @@ SYNSETS = {"n04194289": "ship", "n02834778": "bicycle"}
 IMAGES_PER_SYNSET = 240
 # Every BAD_EVERY-th entry of a list is a bad one, cycling through these kinds.
 BAD_EVERY = 8
-BAD_KINDS = ("dead", "html", "truncated")
+BAD_KINDS = ("dead", "html", "truncated", "placeholder", "duplicate")
 
 log = logging.getLogger(__name__)
+
+
+def image_format(index: int) -> str:
+    return "png" if index % 7 == 3 else "jpg"
 
 
 def url_list(base: str, wnid: str) -> list[str]:
     """The URLs a synset's list holds, good and bad, in a fixed order."""
     urls = []
     for i in range(IMAGES_PER_SYNSET):
-        fmt = "png" if i % 7 == 3 else "jpg"
-        urls.append(f"{base}/img/{wnid}/{i}.{fmt}")
+        urls.append(f"{base}/img/{wnid}/{i}.{image_format(i)}")
         if i % BAD_EVERY == BAD_EVERY - 1:
             bad = BAD_KINDS[(i // BAD_EVERY) % len(BAD_KINDS)]
             urls.append(f"{base}/img/{wnid}/{bad}-{i}.jpg")
@@ -48,6 +52,11 @@ def url_list(base: str, wnid: str) -> list[str]:
 @lru_cache(maxsize=1024)
 def image_bytes(wnid: str, index: int, fmt: str) -> bytes:
     return demo_images.encode(demo_images.render(SYNSETS[wnid], index), fmt, quality=85 + index % 10)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many downloads connect at once
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -86,6 +95,10 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "html":  # a photo page, answered with 200 and an image content type
             page = f"<html><body><h1>Photo {index}</h1><img src='/img/{wnid}/{index}.jpg'></body></html>"
             return self._send(HTTPStatus.OK, page.encode(), "image/jpeg")
+        if kind == "placeholder":  # what a photo host answers for a removed photo
+            return self._send(HTTPStatus.OK, demo_images.placeholder(), "image/bmp")
+        if kind == "duplicate":  # the same photo as entry `index`, under another URL
+            fmt = image_format(index)
         data = image_bytes(wnid, index, fmt)
         if kind == "truncated":
             data = data[: len(data) // 2]
@@ -96,8 +109,7 @@ class Mirror:
     """The mirror on (host, port) in a background thread; port 0 picks a free one."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.server = ThreadingHTTPServer((host, port), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), _Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="alexnet-mirror", daemon=True)
 
     @property

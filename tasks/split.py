@@ -1,10 +1,11 @@
 """split: assign every good image to `train` or `validation`.
 
 An image's subset is a pure function of its content digest and the seed, so the
-split is deterministic, an image keeps its subset when others are added, and the
-same image can never sit in both subsets. Per class, the validation share is
-`split.validation_fraction` in expectation; a class always gets at least one
-validation image and keeps at least one training image.
+split is deterministic, an image keeps its subset whatever else is added or
+removed, and the same image can never sit in both subsets. Each image is drawn on
+its own, so every class gets `split.validation_fraction` of its images in
+expectation (stratified); the step warns when a small class ends with one subset
+empty, rather than move an image to fill it.
 """
 
 from __future__ import annotations
@@ -33,16 +34,8 @@ def score(sha256: str, seed: int) -> float:
 
 
 def assign(images: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    images = images.assign(score=[score(s, seed) for s in images["sha256"]])
-    images["subset"] = (images["score"] < fraction).map({True: "validation", False: "train"})
-    for _, group in images.groupby("class"):
-        if len(group) < 2:
-            continue
-        if not (group["subset"] == "validation").any():
-            images.loc[group["score"].idxmin(), "subset"] = "validation"
-        if not (group["subset"] == "train").any():
-            images.loc[group["score"].idxmax(), "subset"] = "train"
-    return images.drop(columns="score")
+    validation = [score(s, seed) < fraction for s in images["sha256"]]
+    return images.assign(subset=["validation" if v else "train" for v in validation])
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
@@ -52,7 +45,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
         raise StepError(f"missing {manifest_path}: run the download step first")
     manifest = pd.read_csv(manifest_path, keep_default_na=False)
     images = manifest.loc[manifest["status"] == "ok", ["path", "class", "sha256"]]
-    images = images.drop_duplicates("sha256", keep=False)  # one image under two classes: keep neither
+    if images["sha256"].duplicated().any():  # download keeps each image once, in one class
+        raise StepError(f"{manifest_path} lists an image twice; rerun download")
     missing = [p for p in images["path"] if not (workdir / p).is_file()]
     if missing:
         raise StepError(f"{len(missing)} images in the manifest are missing on disk, e.g. {missing[0]}; rerun download")
@@ -60,7 +54,11 @@ def run(cfg: Config, workdir: Path) -> Summary:
     split = split.sort_values(["class", "sha256"]).reset_index(drop=True)
     files.write_csv(workdir / paths.SPLIT, split)
     counts = split.groupby(["class", "subset"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=["train", "validation"], fill_value=0)
     print(f"split: images per class and subset\n{counts.to_string()}")
+    for cls, row in counts.iterrows():
+        if not row.all():
+            print(f"split: warning: class {cls} has no {'validation' if row['train'] else 'training'} images")
     return {"step": STEP.name, "counts": {c: {k: int(v) for k, v in r.items()} for c, r in counts.iterrows()}}
 
 

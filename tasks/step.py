@@ -55,6 +55,9 @@ class Step:
     # Outputs DVC keeps out of its cache (small reports a user reads in git diffs).
     metrics: tuple[str, ...] = field(default=())
     plots: tuple[str, ...] = field(default=())
+    # Outputs the step updates in place (it resumes from them and removes what it no
+    # longer lists): DVC must not delete them before the stage runs (`persist: true`).
+    persist: tuple[str, ...] = field(default=())
 
     @property
     def module(self) -> str:

@@ -164,17 +164,28 @@ def prefect_server(tmp_path_factory):
         server.stop()
 
 
-def task_states(api: str, flow_run_id: str) -> dict[str, str]:
-    """{task name: state name} of a flow run's task runs, read from the Prefect API."""
+def _task_runs(api: str, flow_run_id: str) -> list[tuple[str, str]]:
+    """(task name, state name) of a flow run's task runs, read from the Prefect API."""
     import requests
 
     body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    runs = requests.post(f"{api}/task_runs/filter", json=body, timeout=10).json()
+    return [(r["name"].rsplit("-", 1)[0], r["state"]["name"]) for r in runs]
+
+
+def task_states(api: str, flow_run_id: str) -> dict[str, str]:
+    """{step: state} of the flow run's step tasks, each of which must run once."""
     states = {}
-    for task_run in requests.post(f"{api}/task_runs/filter", json=body, timeout=10).json():
-        name = task_run["name"].rsplit("-", 1)[0]
-        assert name not in states, f"two task runs named {name}"
-        states[name] = task_run["state"]["name"]
+    for name, state in _task_runs(api, flow_run_id):
+        if name != "download_chunk":
+            assert name not in states, f"two task runs named {name}"
+            states[name] = state
     return states
+
+
+def chunk_states(api: str, flow_run_id: str) -> list[str]:
+    """States of the download_chunk tasks the download step ran."""
+    return [state for name, state in _task_runs(api, flow_run_id) if name == "download_chunk"]
 
 
 def latest_flow_run(api: str) -> dict:

@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 
-from conftest import Service, make_project, run, task_states, tiny_params
+from conftest import Service, chunk_states, make_project, run, task_states, tiny_params
 from tasks.step import STEP_NAMES
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,8 @@ def test_deployment_run_completes_with_one_task_per_step_and_dvc_in_sync(served)
     assert flow_run["state"]["type"] == "COMPLETED"
     assert flow_run["parameters"] == {}  # the defaults: params.yaml, no overrides
     assert task_states(served.api, flow_run_id) == {name: "Completed" for name in STEP_NAMES}
+    chunks = chunk_states(served.api, flow_run_id)
+    assert chunks and set(chunks) == {"Completed"}  # the download ran as download_chunk tasks
     assert (served.project / "models" / "alexnet.h5").is_file()
     status = run([sys.executable, "-m", "dvc", "status"], served.project)
     assert status.stdout.strip() == "Data and pipelines are up to date."
@@ -69,6 +71,7 @@ def test_rerun_is_all_cached_and_a_train_param_reruns_only_train_and_evaluate(se
     first_model = (served.project / "models" / "alexnet.h5").read_bytes()
     flow_run_id, _ = deployment_run(served)
     assert task_states(served.api, flow_run_id) == {name: "Cached" for name in STEP_NAMES}
+    assert chunk_states(served.api, flow_run_id) == []  # a cached download fetches nothing
     assert (served.project / "models" / "alexnet.h5").read_bytes() == first_model
 
     flow_run_id, output = deployment_run(served, 'overrides=["train.epochs=1"]')

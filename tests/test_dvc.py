@@ -34,6 +34,9 @@ def test_dvc_stage_declares_what_the_step_reads_and_writes(name):
     assert _names(stage.get("outs")) == sorted(step.outs)
     assert _names(stage.get("metrics")) == sorted(step.metrics)
     assert _names(stage.get("plots")) == sorted(step.plots)
+    persist = [name for entry in stage.get("outs") or [] if isinstance(entry, dict)
+               for name, options in entry.items() if options.get("persist")]
+    assert sorted(persist) == sorted(step.persist), "dvc.yaml persist != Step.persist"
 
 
 def test_dvc_stages_are_the_six_steps_in_order():

@@ -7,7 +7,7 @@ import numpy as np
 import requests
 
 from conftest import endpoint
-from tasks import demo_images, mirror
+from tasks import demo_images, images, mirror
 from tasks.config import Data
 
 
@@ -34,6 +34,10 @@ def test_good_urls_serve_decodable_deterministic_images_and_bad_ones_do_not():
         assert html.status_code == 200 and html.content.startswith(b"<html")
         truncated = requests.get(f"{base}/truncated-23.jpg", timeout=10).content
         assert len(truncated) < len(requests.get(f"{base}/23.jpg", timeout=10).content)
+        placeholder = requests.get(f"{base}/placeholder-31.jpg", timeout=10).content
+        assert images.check(placeholder, 32, 10**8).reason == "placeholder"
+        assert requests.get(f"{base}/duplicate-39.jpg", timeout=10).content == requests.get(
+            f"{base}/39.jpg", timeout=10).content
 
 
 def test_classes_differ_in_shape_not_in_colour_or_background():

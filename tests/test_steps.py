@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run, tiny_params
-from tasks import augment, download, evaluate, fetch_urls, files, mirror, paths, split, train
+from tasks import augment, download, evaluate, fetch_urls, files, images, mirror, paths, sources, split, train
 from tasks.config import validate
 from tasks.step import StepError
 
@@ -52,8 +52,8 @@ def test_fetch_urls_writes_one_list_per_class(work, source):
 
 def test_url_list_parser_reads_text_and_html_and_keeps_only_http():
     body = b"http://a/1.jpg\r\nftp://a/2.jpg\r\n\r\nhttps://a/3.png\r\nhttp://a/1.jpg\r\njavascript:x\r\n"
-    assert fetch_urls.parse_url_list(body) == ["http://a/1.jpg", "https://a/3.png"]
-    assert fetch_urls.parse_url_list(b"<html><body>http://a/1.jpg<br>\nhttp://b/2.jpg</body></html>") == [
+    assert sources.parse_url_list(body) == ["http://a/1.jpg", "https://a/3.png"]
+    assert sources.parse_url_list(b"<html><body>http://a/1.jpg<br>\nhttp://b/2.jpg</body></html>") == [
         "http://a/1.jpg", "http://b/2.jpg"]
 
 
@@ -81,23 +81,27 @@ def test_download_keeps_valid_images_under_digest_names(work, cfg):
 def test_download_gives_every_bad_url_a_reason(work):
     rows = manifest(work)
     attempted = rows[rows["status"] != "skipped"]
-    kinds = attempted["url"].str.extract(r"/(dead|html|truncated)-\d+\.jpg$")[0]
-    assert set(zip(kinds.dropna(), attempted["reason"][kinds.notna()])) == {
-        ("dead", "http_404"), ("html", "not_image"), ("truncated", "truncated")}
-    assert (rows.loc[rows["status"] == "skipped", "reason"] == "enough_images").all()
+    kinds = attempted["url"].str.extract(r"/(dead|html|truncated|placeholder|duplicate)-\d+\.jpg$")[0]
+    reasons = {"dead": "http_404", "html": "not_image", "truncated": "truncated", "placeholder": "placeholder",
+               "duplicate": "duplicate"}
+    seen = dict(zip(kinds.dropna(), attempted["reason"][kinds.notna()]))
+    assert len(seen) >= 3 and seen == {kind: reasons[kind] for kind in seen}
+    assert set(rows.loc[rows["status"] == "skipped", "reason"]) <= {"duplicate", "enough_images"}
     failed = rows[rows["status"] == "failed"]
     assert (failed["path"] == "").all() and (failed["reason"] != "").all()
 
 
 def test_download_validates_by_decoding_not_by_content_type(cfg):
+    def reason(data: bytes) -> str:
+        return images.check(data, cfg.download.min_side, cfg.download.max_pixels).reason
+
     good = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
-    assert download.validate(good, cfg.download)[1] == ""
-    assert download.validate(b"<html>not an image</html>", cfg.download) == (None, "not_image")
-    assert download.validate(good[: len(good) // 2], cfg.download) == (None, "truncated")
-    assert download.validate(good[:2] + b"\0" * 100 + good[-2:], cfg.download) == (None, "corrupt")
-    assert download.validate(b"", cfg.download) == (None, "empty")
-    tiny = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
-    assert download.validate(tiny, cfg.download) == (None, "too_small")
+    assert reason(good) == ""
+    assert reason(b"<html>not an image</html>") == "not_image"
+    assert reason(good[: len(good) // 2]) == "truncated"
+    assert reason(good[:2] + b"\0" * 100 + good[-2:]) == "corrupt"
+    assert reason(b"") == "empty"
+    assert reason(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()) == "too_small"
 
 
 def test_download_fails_clearly_when_a_class_has_too_few_images(tmp_path, cfg, source):
@@ -115,12 +119,10 @@ def test_download_rerun_reuses_stored_images(work, cfg, tmp_path, source, port):
     """A rerun fetches nothing it already has: with the source gone, good rows stay good."""
     copy = tmp_path / "copy"
     shutil.copytree(work / "data", copy / "data")
-    lists = copy / paths.URLS
-    for path in lists.iterdir():  # point every URL at a port where nothing answers
+    shutil.copytree(work / download.RECORDS_DIR, copy / download.RECORDS_DIR)
+    # Point every URL (lists and the records of finished chunks) at a port where nothing answers.
+    for path in [*(copy / paths.URLS).glob("*.txt"), *(copy / download.RECORDS_DIR).rglob("*.csv")]:
         path.write_text(path.read_text().replace(source.base_url, f"http://127.0.0.1:{port}"))
-    rows = manifest(copy)
-    rows["url"] = rows["url"].str.replace(source.base_url, f"http://127.0.0.1:{port}")
-    rows.to_csv(copy / paths.MANIFEST, index=False)
     offline = cfg.model_copy(update={"download": cfg.download.model_copy(update={"retries": 0, "timeout_s": 1})})
     download.run(offline, copy)
     before, after = manifest(work), manifest(copy)
@@ -134,15 +136,6 @@ def test_split_is_deterministic_stratified_and_disjoint(work, cfg):
     assert not set(table.loc[table.subset == "train", "sha256"]) & set(table.loc[table.subset == "validation", "sha256"])
     assigned = split.assign(table.drop(columns="subset"), cfg.split.validation_fraction, cfg.base.seed)
     assert assigned["subset"].tolist() == table["subset"].tolist()
-
-
-def test_split_keeps_assignments_when_images_are_added():
-    digests = [files.sha256_bytes(str(i).encode()) for i in range(200)]
-    frame = pd.DataFrame({"path": digests, "class": ["a", "b"] * 100, "sha256": digests})
-    small = split.assign(frame.iloc[:120], 0.2, 42).set_index("sha256")["subset"]
-    large = split.assign(frame, 0.2, 42).set_index("sha256")["subset"]
-    assert (large.loc[small.index] == small).all()
-    assert 0.1 < (large == "validation").mean() < 0.3
 
 
 def test_augment_writes_canonical_images_stats_and_preview(work, cfg):

@@ -1,0 +1,216 @@
+"""Validated images per second: this project's download vs the tutorial's loop vs img2dataset.
+
+All three fetch from the same local mirror, which answers every request after
+200 ms (a typical web image fetch) with a distinct JPEG, in the same run,
+interleaved. Each client runs in a process of its own, so its CPU time and peak
+memory are its own. Nothing leaves the machine: the mirror is on 127.0.0.1.
+
+- this project: the download step (`tasks.download.run`) as `dvc repro` runs it,
+  128 concurrent downloads, validation by decoding, digest names, resize on store;
+- the tutorial's loop: requests.get, cv2.imdecode, cv2.imwrite, one URL after the
+  other (a 200-URL sample: it is slow);
+- img2dataset: 2 processes x 128 threads, resizing like this project (longer side
+  to 512 only if bigger, no re-encoding otherwise), sha256 like this project.
+
+Then this project alone at 1,000 and 10,000 URLs: CPU time per validated image and
+peak memory (max RSS), which must not grow with the number of URLs.
+
+    python bench/download.py [--urls 1000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from common import ENV, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+LATENCY_S = 0.2
+WORKERS = 128
+SEQUENTIAL_SAMPLE = 200
+BASE_IMAGES = 64
+
+
+# --- the mirror ----------------------------------------------------------------------------
+
+
+def serve(port: int) -> None:
+    """Distinct JPEGs at /img/<n>.jpg, each after LATENCY_S; HTTP/1.1 keep-alive."""
+    sys.path.insert(0, str(REPO))
+    from tasks import demo_images
+
+    bases = [demo_images.encode(demo_images.render(("ship", "bicycle")[i % 2], i), "jpg") for i in range(BASE_IMAGES)]
+
+    def body(n: int) -> bytes:  # a JPEG comment makes each URL's bytes (and digest) distinct
+        base, text = bases[n % BASE_IMAGES], f"image {n}".encode()
+        return base[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + base[2:]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            time.sleep(LATENCY_S)
+            try:
+                data = body(int(self.path.rsplit("/", 1)[1].split(".")[0]))
+                status = 200
+            except ValueError:
+                data, status = b"not found", 404
+            self.send_response(status)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 1024
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
+
+
+# --- the clients (each in its own process) ----------------------------------------------------
+
+
+def cpu_s() -> float:
+    """CPU time of this process and its children so far."""
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+def peak_mb() -> float:
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+
+
+def client_project(urls: list[str], out: Path) -> tuple[int, float, float]:
+    sys.path.insert(0, str(REPO))
+    from tasks import download, files, paths
+    from tasks.config import validate
+
+    half = len(urls) // 2
+    for cls, part in (("ships", urls[:half]), ("bikes", urls[half:])):
+        files.write_text(out / paths.URLS / f"{cls}.txt", "\n".join(part) + "\n")
+    cfg = validate({"data": {"images_per_class": None},
+                    "download": {"workers": WORKERS, "per_host": WORKERS, "min_images_per_class": 1}})
+    start, cpu = time.monotonic(), cpu_s()
+    summary = download.run(cfg, out)
+    return sum(summary["ok"].values()), time.monotonic() - start, cpu_s() - cpu
+
+
+def client_sequential(urls: list[str], out: Path) -> tuple[int, float, float]:
+    """The tutorial's loop, one URL after the other."""
+    import cv2
+    import numpy as np
+    import requests
+
+    start, cpu, ok = time.monotonic(), cpu_s(), 0
+    for i, url in enumerate(urls[:SEQUENTIAL_SAMPLE]):
+        try:
+            image = cv2.imdecode(np.frombuffer(requests.get(url, timeout=10).content, np.uint8), cv2.IMREAD_COLOR)
+            if image is not None and image.ndim == 3:
+                ok += cv2.imwrite(str(out / f"img{i}.jpg"), image)
+        except Exception:
+            pass
+    return ok, time.monotonic() - start, cpu_s() - cpu
+
+
+def client_img2dataset(urls: list[str], out: Path) -> tuple[int, float, float]:
+    from img2dataset import download
+
+    (out / "urls.txt").write_text("\n".join(urls) + "\n")
+    processes = 2
+    start, cpu = time.monotonic(), cpu_s()
+    download(url_list=str(out / "urls.txt"), input_format="txt", output_folder=str(out / "images"),
+             output_format="files", processes_count=processes, thread_count=WORKERS,
+             number_sample_per_shard=math.ceil(len(urls) / processes), image_size=512,
+             resize_mode="keep_ratio_largest", resize_only_if_bigger=True, skip_reencode=True, min_image_size=32,
+             timeout=10, retries=0, extract_exif=False, compute_hash="sha256", enable_wandb=False)
+    seconds, cpu = time.monotonic() - start, cpu_s() - cpu
+    ok = sum(json.loads(p.read_text())["successes"] for p in (out / "images").glob("*_stats.json"))
+    return ok, seconds, cpu
+
+
+CLIENTS = {"project": client_project, "sequential": client_sequential, "img2dataset": client_img2dataset}
+
+
+def measure(kind: str, port: int, count: int) -> dict:
+    """Run one client in a fresh process; its figures as a dict."""
+    with tempfile.TemporaryDirectory() as out:
+        done = subprocess.run([sys.executable, __file__, "client", kind, str(port), str(count), out],
+                              capture_output=True, text=True, env={**ENV, "WANDB_MODE": "disabled"}, cwd=out)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if done.returncode or line is None:
+            sys.exit(f"{kind} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        result = json.loads(line.removeprefix("RESULT "))
+    return {**result, "rate": result["ok"] / result["seconds"]}
+
+
+def wait_for(port: int, timeout: float = 60) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit("the mirror did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--urls", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--large", type=int, default=10_000)
+    args = parser.parse_args()
+    port = free_port()
+    mirror = subprocess.Popen([sys.executable, __file__, "serve", str(port)], env=ENV)
+    try:
+        wait_for(port)
+        runs: dict[str, list[dict]] = {k: [] for k in CLIENTS}
+        for _ in range(args.rounds):  # interleaved, so a busy minute hits all three alike
+            for kind in CLIENTS:
+                runs[kind].append(measure(kind, port, args.urls))
+        scale = {n: measure("project", port, n) for n in (1000, args.large)}
+    finally:
+        mirror.terminate()
+        mirror.wait()
+
+    rate = {k: statistics.mean(r["rate"] for r in v) for k, v in runs.items()}
+    print(f"validated images per second, {args.urls} URLs at {LATENCY_S * 1000:.0f} ms each "
+          f"(mean of {args.rounds} interleaved rounds; the tutorial's loop on a {SEQUENTIAL_SAMPLE}-URL sample)")
+    print(f"{'client':<14} {'img/s':>8} {'rounds':>22} {'this project is':>16}")
+    for kind, runs_of_kind in runs.items():
+        each = ", ".join(f"{r['rate']:.1f}" for r in runs_of_kind)
+        ratio = "" if kind == "project" else f"{rate['project'] / rate[kind]:.1f}x faster"
+        print(f"{kind:<14} {rate[kind]:>8.1f} {each:>22} {ratio:>16}")
+    print()
+    print(f"this project alone: CPU time per validated image and peak memory")
+    print(f"{'URLs':>7} {'img/s':>8} {'CPU ms/img':>11} {'peak MB':>8}")
+    for n, r in scale.items():
+        print(f"{n:>7} {r['rate']:>8.1f} {1000 * r['cpu_s'] / r['ok']:>11.2f} {r['peak_mb']:>8.0f}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        serve(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["client"]:
+        kind, port, count, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
+        urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(count)]
+        ok, seconds, cpu = CLIENTS[kind](urls, out)  # each (images, wall s, CPU s) of the work alone
+        print("RESULT " + json.dumps({"ok": ok, "seconds": seconds, "cpu_s": cpu, "peak_mb": peak_mb()}))
+    else:
+        main()

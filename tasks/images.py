@@ -1,0 +1,123 @@
+"""Is this body an image worth keeping? Decode it, check it, make it 8-bit RGB.
+
+Content types lie, so images are judged by decoding them with OpenCV. The header
+is read first (Pillow reads only the header) so that a small file that claims
+enormous dimensions, a decompression bomb, is refused before it is decoded.
+Grayscale, CMYK, alpha and 16-bit images are converted to 8-bit colour and kept.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tasks import files
+
+# Leading bytes of the formats OpenCV decodes: a body that starts like an image
+# but does not decode is `corrupt`, anything else is `not_image`.
+IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+
+# Known "photo unavailable" placeholders, by SHA-256 of the served bytes. Dead
+# photo-hosting links often answer 200 with such an image instead of a 404, so it
+# decodes fine and would otherwise be kept as a photo of the class. Add the real
+# hosts' digests here, e.g. Flickr's "This photo is no longer available" images
+# (photo_unavailable.png and its size variants, served for removed photos on
+# *.staticflickr.com) and the equivalents of other hosts in the URL lists; more can
+# be listed in params without a code change (`download.placeholder_digests`).
+PLACEHOLDERS = {
+    # The embedded demo source's placeholder (tasks.demo_images.placeholder()).
+    "56f1debf9b4cf976673491a6886e4acaeeb4aaa17f2b70153f98f26d32cb5a5d": "demo: photo unavailable",
+}
+
+
+@dataclass
+class Checked:
+    """What validation found: the decoded 8-bit BGR image, or the reason there is none."""
+
+    image: np.ndarray | None
+    reason: str = ""
+    sha256: str = ""
+    # The body can be stored as it came: a JPEG or PNG already in 8-bit RGB.
+    storable_as_is: bool = False
+
+
+def _header(data: bytes) -> tuple[int, int, str, str] | None:
+    """(width, height, format, mode) from the header alone, or None when Pillow cannot tell."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                return header.width, header.height, header.format or "", header.mode
+        except Image.DecompressionBombError:
+            return 1 << 31, 1 << 31, "", ""
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return None
+
+
+def looks_truncated(data: bytes) -> bool:
+    """Decoders fill a cut-off JPEG with grey and call it a success: check the end markers."""
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in data[-64:]
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-16:]
+    return False
+
+
+def to_bgr8(image: np.ndarray) -> np.ndarray:
+    """Any decoded image as 8-bit, 3-channel BGR: depth scaled, gray expanded, alpha over white."""
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.integer):
+            image = image.astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)
+        else:
+            image = np.clip(image, 0, 1) * 255.0
+        image = np.rint(image).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        alpha = image[:, :, 3:].astype(np.float32) / 255.0
+        blended = image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return np.rint(blended).astype(np.uint8)
+    return image
+
+
+def check(data: bytes, min_side: int, max_pixels: int, placeholders: frozenset[str] | set[str] = frozenset()) -> Checked:
+    """Decode and check a body; the reason codes are the manifest's."""
+    if not data:
+        return Checked(None, "empty")
+    digest = files.sha256_bytes(data)
+    if digest in PLACEHOLDERS or digest in placeholders:
+        return Checked(None, "placeholder", digest)
+    header = _header(data)
+    if header is not None and header[0] * header[1] > max_pixels:
+        return Checked(None, "decompression_bomb", digest)
+    if looks_truncated(data):
+        return Checked(None, "truncated", digest)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        return Checked(None, "corrupt" if data.startswith(IMAGE_MAGIC) else "not_image", digest)
+    if image.shape[0] * image.shape[1] > max_pixels:  # a format Pillow could not read the header of
+        return Checked(None, "decompression_bomb", digest)
+    if min(image.shape[:2]) < min_side:
+        return Checked(None, "too_small", digest)
+    as_is = header is not None and header[2] in ("JPEG", "PNG") and header[3] == "RGB" and image.dtype == np.uint8
+    return Checked(to_bgr8(image), "", digest, storable_as_is=as_is)
+
+
+def for_store(data: bytes, checked: Checked, max_side: int | None) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes, extension, (height, width)) to store: the body as it came when possible, else re-encoded."""
+    image = checked.image
+    h, w = image.shape[:2]
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    elif checked.storable_as_is:
+        return data, "png" if data[:4] == b"\x89PNG" else "jpg", (h, w)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a decoded image")
+    return encoded.tobytes(), "jpg", image.shape[:2]

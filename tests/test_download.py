@@ -1,0 +1,273 @@
+"""download against a hostile local host: every bad case has its reason, every good one is kept."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import urllib3
+
+from conftest import merge
+from hostile import BODIES, HostileServer
+from tasks import download, files, paths, web
+from tasks.config import validate
+from tasks.step import StepError
+
+# Sub-second limits keep the slow cases fast; the deadline leaves room for one Retry-After: 1.
+FAST = {
+    "workers": 16, "timeout_s": 2.0, "connect_timeout_s": 0.5, "read_timeout_s": 0.3, "retries": 2,
+    "backoff_s": 0.01, "max_redirects": 4, "max_bytes": 300_000, "min_side": 16, "max_side": 512,
+    "max_pixels": 10_000_000, "min_images_per_class": 1, "allowed_hosts": ["127.0.0.1"], "chunk_size": 8,
+}
+
+
+def config(download_params: dict | None = None, **data):
+    params = {
+        "data": merge({"classes": {"a": {"wnid": "n00000001"}, "b": {"wnid": "n00000002"}}, "images_per_class": None},
+                      data),
+        "download": {**FAST, **(download_params or {})},
+    }
+    return validate(params)
+
+
+def write_lists(workdir: Path, lists: dict[str, list[str]]) -> None:
+    for cls, urls in lists.items():
+        files.write_text(workdir / paths.URLS / f"{cls}.txt", "".join(f"{u}\n" for u in urls))
+
+
+def fetch(workdir: Path, lists: dict[str, list[str]], cfg=None) -> tuple[pd.DataFrame, dict | None]:
+    """Run the step; the summary is None when a class ended short (the manifest is written all the same)."""
+    write_lists(workdir, lists)
+    try:
+        summary = download.run(cfg or config(), workdir)
+    except StepError as exc:
+        assert "too few good images" in str(exc)
+        summary = None
+    return pd.read_csv(workdir / paths.MANIFEST, keep_default_na=False), summary
+
+
+def outcome(manifest: pd.DataFrame, url: str, cls: str = "a") -> tuple[str, str]:
+    row = manifest[(manifest["url"] == url) & (manifest["class"] == cls)].iloc[0]
+    return row["status"], row["reason"]
+
+
+@pytest.fixture
+def host():
+    with HostileServer() as server:
+        yield server
+
+
+EXPECTED = {
+    "/good.jpg": ("ok", ""),
+    "/good.png": ("ok", ""),
+    "/gray.jpg": ("ok", ""),
+    "/cmyk.jpg": ("ok", ""),
+    "/alpha.png": ("ok", ""),
+    "/deep.png": ("ok", ""),
+    "/big.jpg": ("ok", ""),
+    "/busy-once.jpg": ("ok", ""),
+    "/down-once.jpg": ("ok", ""),
+    "/hop/3": ("ok", ""),
+    "/missing.jpg": ("failed", "http_404"),
+    "/down.jpg": ("failed", "http_503"),
+    "/loop.jpg": ("failed", "too_many_redirects"),
+    "/to-forbidden.jpg": ("failed", "blocked_host"),
+    "/to-ftp.jpg": ("failed", "bad_scheme"),
+    "/page.jpg": ("failed", "not_image"),
+    "/truncated.jpg": ("failed", "truncated"),
+    "/cut.jpg": ("failed", "truncated"),
+    "/corrupt.jpg": ("failed", "corrupt"),
+    "/empty.jpg": ("failed", "empty"),
+    "/tiny.png": ("failed", "too_small"),
+    "/bomb.png": ("failed", "decompression_bomb"),
+    "/placeholder.jpg": ("failed", "placeholder"),
+    "/enormous.jpg": ("failed", "too_large"),
+    "/endless.jpg": ("failed", "too_large"),
+    "/gzip-bomb.jpg": ("failed", "too_large"),
+    "/drip.jpg": ("failed", "timeout"),
+    "/slow-headers.jpg": ("failed", "timeout"),
+    "/hang.jpg": ("failed", "timeout"),
+}
+
+
+def test_every_hostile_case_gets_its_reason_and_every_good_one_is_kept(tmp_path, host):
+    urls = [host.url(p) for p in EXPECTED]
+    extra = {"ftp://127.0.0.1/a.jpg": "bad_scheme", "not a url": "invalid_url", "http://[::1": "invalid_url",
+             f"http://127.0.0.1:{_closed_port()}/a.jpg": "connection_error"}
+    manifest, summary = fetch(tmp_path, {"a": urls + list(extra), "b": [host.url("/good2.jpg")]})
+    assert list(manifest.columns) == download.COLUMNS
+    got = {u.removeprefix(host.url("")): outcome(manifest, u) for u in urls}
+    assert got == EXPECTED
+    assert host.finished["/slow-headers.jpg"].wait(30)
+    assert "/slow-headers.jpg" in host.cut  # cut at the deadline, not when the headers ended
+    assert {u: outcome(manifest, u)[1] for u in extra} == extra
+    ok = manifest[manifest["status"] == "ok"]
+    for row in ok.itertuples():  # stored under its digest, 8-bit colour, dimensions as recorded
+        stored = cv2.imread(str(tmp_path / row.path), cv2.IMREAD_UNCHANGED)
+        assert Path(row.path).stem == row.sha256 and Path(row.path).parent.name == row._2
+        assert stored.dtype == np.uint8 and stored.shape == (row.height, row.width, 3)
+    failed = manifest[manifest["status"] == "failed"]
+    assert (failed["path"] == "").all() and (failed["reason"] != "").all()
+    outcomes = manifest["status"].where(manifest["status"] == "ok", manifest["reason"])
+    assert summary["outcomes"]["a"] == outcomes[manifest["class"] == "a"].value_counts().to_dict()
+    assert summary["ok"] == {"a": len(ok) - 1, "b": 1}
+    stored = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / paths.IMAGES).rglob("*") if p.is_file())
+    assert stored == sorted(ok["path"])  # nothing else: no temp files, nothing from failed URLs
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_conversions_keep_the_picture(tmp_path, host):
+    manifest, _ = fetch(tmp_path, {"a": [host.url(p) for p in ("/good.jpg", "/cmyk.jpg", "/alpha.png", "/deep.png",
+                                                               "/gray.jpg", "/big.jpg")], "b": []})
+    path = dict(zip(manifest["url"].str.rsplit("/", n=1).str[1], manifest["path"]))
+    read = {name: cv2.imread(str(tmp_path / p), cv2.IMREAD_UNCHANGED) for name, p in path.items()}
+    assert (tmp_path / path["good.jpg"]).read_bytes() == BODIES["/good.jpg"]  # an RGB JPEG is stored as it came
+    assert np.abs(read["cmyk.jpg"].astype(int) - (0, 0, 255)).max() < 40  # CMYK red is BGR red
+    assert np.abs(read["alpha.png"][:, :30].mean((0, 1)) - (255, 0, 0)).max() < 3  # opaque blue kept (JPEG-stored)
+    assert read["alpha.png"][:, 50:].min() > 240  # transparent over white
+    assert read["gray.jpg"].shape[2] == 3 and read["deep.png"].dtype == np.uint8
+    assert read["big.jpg"].shape[:2] == (171, 512)  # longer side shrunk to download.max_side
+
+
+def test_retries_back_off_honour_retry_after_and_never_repeat_a_404(tmp_path, host):
+    urls = [host.url(p) for p in ("/busy-once.jpg", "/down-once.jpg", "/down.jpg", "/missing.jpg", "/page.jpg",
+                                  "/loop.jpg")]
+    manifest, _ = fetch(tmp_path, {"a": urls, "b": []})
+    attempts = dict(zip(manifest["url"].str.rsplit("/", n=1).str[1], manifest["attempts"]))
+    assert attempts == {"busy-once.jpg": 2, "down-once.jpg": 2, "down.jpg": 3, "missing.jpg": 1, "page.jpg": 1,
+                        "loop.jpg": 1}
+    assert host.hits["/missing.jpg"] == 1 and host.hits["/page.jpg"] == 1 and host.hits["/down.jpg"] == 3
+    first, second = host.times["/busy-once.jpg"]
+    assert second - first >= 1.0  # the server said Retry-After: 1
+    assert host.hits["/loop.jpg"] == FAST["max_redirects"] + 1
+
+
+def test_duplicates_are_stored_once_and_label_conflicts_kept_in_neither(tmp_path, host):
+    a = [host.url(p) for p in ("/dup-a.jpg", "/dup-b.jpg", "/shared.jpg", "/good.jpg")]
+    b = [host.url("/good2.jpg"), host.url("/shared.jpg")]
+    manifest, summary = fetch(tmp_path, {"a": a, "b": b})
+    assert [outcome(manifest, u) for u in a] == [("ok", ""), ("skipped", "duplicate"), ("failed", "label_conflict"),
+                                                 ("ok", "")]
+    assert [outcome(manifest, u, "b") for u in b] == [("ok", ""), ("failed", "label_conflict")]
+    shared = manifest.loc[manifest["url"] == b[1], "sha256"].iloc[0]
+    assert not list((tmp_path / paths.IMAGES).rglob(f"{shared}.*"))
+    assert summary["ok"] == {"a": 2, "b": 1}
+
+
+def test_images_per_class_keeps_the_first_good_images_and_fetches_little_more(tmp_path, host):
+    urls = [host.url(f"/photo/{i}.jpg") for i in range(40)]
+    urls[1] = host.url("/missing.jpg")
+    cfg = config(images_per_class=5)
+    manifest, summary = fetch(tmp_path, {"a": urls, "b": urls[:3]}, cfg)
+    # b lists a's first three entries: 0 and 2 are label conflicts, 1 is dead
+    assert set(manifest.loc[manifest["class"] == "b", "reason"]) == {"label_conflict", "http_404"}
+    kept = manifest[(manifest["class"] == "a") & (manifest["status"] == "ok")]["url"].tolist()
+    assert kept == urls[3:8]
+    rest = manifest[(manifest["class"] == "a") & manifest["url"].isin(urls[8:])]
+    assert (rest["status"] == "skipped").all() and (rest["reason"] == "enough_images").all()
+    fetched = sum(host.hits[f"/photo/{i}.jpg"] for i in range(40))
+    assert fetched < 20  # windows a little past the cap, not the whole list
+    assert summary is None  # b has no image left: the step fails, after writing the manifest
+
+
+def test_one_host_gets_at_most_per_host_connections_and_queued_urls_do_not_time_out(tmp_path, host):
+    host.slow_s = 0.2
+    urls = [host.url(f"/slow/{i}.jpg") for i in range(8)]
+    # Eight URLs through two connections take four times the delay, twice the deadline.
+    manifest, _ = fetch(tmp_path, {"a": urls[:4], "b": urls[4:]}, config({"per_host": 2, "timeout_s": 0.5}))
+    assert (manifest["status"] == "ok").all()
+    assert host.most_in_flight == 2
+
+
+def test_a_class_with_too_few_images_fails_the_step_with_a_clear_message(tmp_path, host):
+    write_lists(tmp_path, {"a": [host.url("/good.jpg")], "b": [host.url("/missing.jpg")]})
+    with pytest.raises(StepError, match=r"too few good images: \{'b': 0\}"):
+        download.run(config(), tmp_path)
+    assert (tmp_path / paths.MANIFEST).is_file()  # the reasons are still written
+
+
+def test_rerun_skips_urls_already_ok_and_retries_failed_ones(tmp_path, host):
+    lists = {"a": [host.url("/good.jpg"), host.url("/missing.jpg")], "b": [host.url("/good2.jpg")]}
+    first, _ = fetch(tmp_path, lists)
+    second, _ = fetch(tmp_path, lists)
+    assert host.hits["/good.jpg"] == 1 and host.hits["/good2.jpg"] == 1 and host.hits["/missing.jpg"] == 2
+    assert second.drop(columns="elapsed_s").equals(first.drop(columns="elapsed_s"))
+    # A setting that changes what is stored re-validates everything.
+    fetch(tmp_path, lists, config({"max_side": 64}))
+    assert host.hits["/good.jpg"] == 2
+
+
+def test_a_body_streamed_to_a_file_starts_again_on_a_retry(host):
+    with io.BytesIO() as sink:
+        got = web.Fetcher(web.Limits(retries=1, backoff_s=0, allowed_hosts=frozenset({"127.0.0.1"}))).get(
+            host.url("/cut-once.jpg"), sink=sink)
+        assert got.ok and got.attempts == 2 and sink.getvalue() == BODIES["/good.jpg"]
+
+
+# --- where a URL may go -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address, refused", [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("10.1.2.3", True), ("172.16.0.1", True), ("192.168.1.1", True),
+    ("169.254.169.254", True), ("100.64.0.1", True), ("0.0.0.0", True), ("224.0.0.1", True), ("240.0.0.1", True),
+    ("::1", True), ("fe80::1", True), ("fc00::1", True), ("::ffff:127.0.0.1", True), ("ff02::1", True),
+    ("93.184.216.34", False), ("2606:2800:220:1::1", False),
+])
+def test_address_rules(address, refused):
+    assert web.refused_address(address) is refused
+
+
+def test_forbidden_destinations_are_refused_after_resolution_and_on_every_hop(tmp_path, host):
+    port = host.port
+    lists = {"a": [f"http://127.0.0.2:{port}/good.jpg", f"http://[::1]:{port}/good.jpg",
+                   host.url("/to-forbidden.jpg"), host.url("/good.jpg", host="localhost")], "b": []}
+    manifest, _ = fetch(tmp_path, lists)
+    assert manifest["reason"].tolist() == ["blocked_host"] * 4  # localhost resolves to loopback: refused too
+    assert host.hits["/good.jpg"] == 0  # nothing reached the server's image
+    allowed = config({"allowed_hosts": ["127.0.0.1", "localhost"]})
+    manifest, _ = fetch(tmp_path / "allowed", {"a": lists["a"][3:], "b": []}, allowed)
+    assert manifest["status"].tolist() == ["ok"]
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    """A second DNS answer (rebinding) is never asked for: the checked address is the one dialled."""
+    answers = iter(["93.184.216.34", "127.0.0.1"])
+    resolved, dialled = [], []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        resolved.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    def create_connection(address, *args, **kwargs):
+        dialled.append(address[0])
+        raise OSError("no traffic leaves this test")
+
+    monkeypatch.setattr(web.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(urllib3.connection.connection, "create_connection", create_connection)
+    got = web.Fetcher(web.Limits(retries=0, timeout_s=2)).get("http://images.example/a.jpg")
+    assert got.reason == "connection_error"
+    assert resolved == ["images.example"] and dialled == ["93.184.216.34"]
+
+
+def test_local_files_are_read_only_from_configured_folders(tmp_path):
+    inside = tmp_path / "photos" / "n00000001"  # data.folder / the class's wnid
+    inside.mkdir(parents=True)
+    image = cv2.imencode(".png", np.full((40, 40, 3), 90, np.uint8))[1].tobytes()
+    (inside / "x.png").write_bytes(image)
+    (tmp_path / "secret.png").write_bytes(image)
+    cfg = config(source="folder", folder="photos")
+    manifest, _ = fetch(tmp_path, {"a": ["file:photos/n00000001/x.png",
+                                         "file:photos/n00000001/../../secret.png", (tmp_path / "secret.png").as_uri(),
+                                         "file:photos/n00000001/none.png"], "b": []}, cfg)
+    assert list(zip(manifest["status"], manifest["reason"])) == [
+        ("ok", ""), ("failed", "blocked_path"), ("failed", "blocked_path"), ("failed", "missing_file")]
