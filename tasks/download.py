@@ -52,6 +52,7 @@ STEP = Step(
     outs=(paths.IMAGES, paths.MANIFEST),
     network=True,
     persist=(paths.IMAGES, paths.MANIFEST),  # a killed or re-parametrised run resumes from what it has
+    inputs=lambda cfg, workdir: sources.local_inputs(cfg.data, workdir),  # local images are read here
 )
 
 COLUMNS = ["url", "class", "status", "reason", "path", "sha256", "width", "height", "bytes", "attempts", "elapsed_s"]

@@ -13,7 +13,14 @@ from tasks import files, paths, sources
 from tasks.config import Config
 from tasks.step import Step, Summary, step_task
 
-STEP = Step(name="fetch_urls", params=("data",), deps=(), outs=(paths.URLS,), network=True)
+STEP = Step(
+    name="fetch_urls",
+    params=("data",),
+    deps=(),
+    outs=(paths.URLS,),
+    network=True,
+    inputs=lambda cfg, workdir: sources.local_inputs(cfg.data, workdir),
+)
 
 
 def run(cfg: Config, workdir: Path) -> Summary:

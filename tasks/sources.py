@@ -143,6 +143,14 @@ def list_folder(folder: Path, workdir: Path) -> list[str]:
     return [local_entry(p, workdir) for p in found]
 
 
+def local_inputs(data: Data, workdir: Path) -> list[Path]:
+    """The local files and folders the params name as sources (URL lists, archives, image folders)."""
+    named = [data.url_list, data.archive, *(spec.url_list for spec in data.classes.values())]
+    found = [workdir / location for location in named if location and not is_url(location)]
+    found += [folder_of(data, n, workdir) for n in data.classes if data.source_of(n) == "folder"]
+    return found
+
+
 # --- fetching ------------------------------------------------------------------
 
 

@@ -58,6 +58,9 @@ class Step:
     # Outputs the step updates in place (it resumes from them and removes what it no
     # longer lists): DVC must not delete them before the stage runs (`persist: true`).
     persist: tuple[str, ...] = field(default=())
+    # Files and folders named in params that the step also reads (local image
+    # sources): their content is part of the cache key, like `deps`.
+    inputs: Callable[[Config, Path], list[Path]] | None = None
 
     @property
     def module(self) -> str:
@@ -116,6 +119,7 @@ def cache_key(step: Step, cfg: Config, workdir: Path) -> str:
         "params": {name: cfg.section(name) for name in step.params},
         "code": {p.name: files.sha256_file(p) for p in step.code_files()},
         "deps": files.digest_paths(list(step.deps), workdir),
+        "inputs": {str(p): files.digest_path(p) for p in (step.inputs(cfg, workdir) if step.inputs else [])},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
