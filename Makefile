@@ -32,3 +32,4 @@ bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	python bench/pipeline.py
 	python bench/download.py
+	python bench/rerun.py
