@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tasks import model, paths, pipeline  # noqa: F401  (model registers the custom layers)
 from tasks.augment import canonical
@@ -18,9 +19,9 @@ def views(path: Path, image_size: int, input_size: int, ten_crop: bool) -> np.nd
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("not an image OpenCV can read" if path.is_file() else "no such file")
-    square = cv2.cvtColor(canonical(image, image_size), cv2.COLOR_BGR2RGB).astype(np.float32)
+    square = tf.constant(cv2.cvtColor(canonical(image, image_size), cv2.COLOR_BGR2RGB))
     crops = pipeline.ten_crops(square, input_size) if ten_crop else pipeline.centre_crop(square, input_size)[None]
-    return crops.numpy()
+    return crops.numpy().astype(np.float32)
 
 
 def classify(images: list[str], model_path: str = paths.MODEL, top: int = 1, ten_crop: bool = False) -> list[dict]:

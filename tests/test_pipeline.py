@@ -28,16 +28,16 @@ def coordinates(size: int) -> tf.Tensor:
     return tf.constant(np.stack([rows, cols, np.full_like(rows, 7)], -1).astype(np.float32))
 
 
-def view(image, cfg: Augment, seed: int) -> np.ndarray:
-    return pipeline.augment(image, tf.constant([42, seed]), cfg, STATS).numpy()
+def views(image, cfg: Augment, count: int, seed: int = 42) -> np.ndarray:
+    """`count` training views of one image: a batch of copies through the training transforms."""
+    return pipeline.augment(tf.repeat(image[None], count, 0), tf.constant([seed, 0]), cfg, STATS).numpy()
 
 
 def test_random_crop_takes_crop_size_windows_at_varying_offsets():
     cfg = Augment(image_size=80, crop_size=72, **{**OFF, "random_crop": True})
     image = coordinates(80)
     offsets = set()
-    for seed in range(30):
-        crop = view(image, cfg, seed)
+    for crop in views(image, cfg, 30):
         assert crop.shape == (72, 72, 3)
         top, left = int(crop[0, 0, 0]), int(crop[0, 0, 1])
         np.testing.assert_array_equal(crop, image.numpy()[top : top + 72, left : left + 72])
@@ -49,8 +49,7 @@ def test_flip_mirrors_about_half_of_the_views():
     cfg = Augment(image_size=80, crop_size=72, **{**OFF, "flip": True})
     centre = pipeline.centre_crop(coordinates(80), 72).numpy()
     flipped = 0
-    for seed in range(40):
-        out = view(coordinates(80), cfg, seed)
+    for out in views(coordinates(80), cfg, 40):
         if np.array_equal(out, centre[:, ::-1]):
             flipped += 1
         else:
@@ -64,8 +63,7 @@ def test_pca_colour_shift_has_the_papers_statistics():
     cfg = Augment(image_size=80, crop_size=72, **{**OFF, "pca_std": std})
     grey = tf.fill((80, 80, 3), 128.0)  # far from the clip limits
     shifts = []
-    for seed in range(3000):
-        out = view(grey, cfg, seed)
+    for out in views(grey, cfg, 3000):
         assert np.allclose(out, out[0, 0])  # one offset for the whole image
         shifts.append(out[0, 0] - 128.0)
     shifts = np.array(shifts)
@@ -82,7 +80,7 @@ def test_everything_off_or_policy_none_is_the_centre_crop():
     centre = pipeline.centre_crop(image, 72).numpy()
     for cfg in (Augment(image_size=80, crop_size=72, **OFF), Augment(image_size=80, crop_size=72, policy="none"),
                 Augment(image_size=80, crop_size=72, policy="seed", **OFF)):
-        np.testing.assert_array_equal(view(image, cfg, 3), centre)
+        np.testing.assert_array_equal(views(image, cfg, 3), np.stack([centre] * 3))
 
 
 def blob(size: int, at: tuple[float, float]) -> tf.Tensor:
@@ -105,7 +103,7 @@ SPOT = CENTRE + [20.0, -12.0]
 
 def moved_spots(**knobs) -> np.ndarray:
     cfg = Augment(image_size=SIZE, crop_size=SIZE, policy="seed", **{**OFF, **knobs})
-    return np.array([centroid(view(blob(SIZE, tuple(SPOT)), cfg, seed)) for seed in range(25)])
+    return np.array([centroid(view) for view in views(blob(SIZE, tuple(SPOT)), cfg, 25)])
 
 
 def test_seed_rotation_turns_about_the_centre_within_the_range():
@@ -142,8 +140,10 @@ def test_seed_shear_slants_columns_by_the_row():
 def test_views_are_deterministic_for_a_seed():
     cfg = Augment(image_size=80, crop_size=72, policy="seed")
     image = coordinates(80)
-    np.testing.assert_array_equal(view(image, cfg, 5), view(image, cfg, 5))
-    assert not np.array_equal(view(image, cfg, 5), view(image, cfg, 6))
+    first = views(image, cfg, 4, seed=5)
+    np.testing.assert_array_equal(first, views(image, cfg, 4, seed=5))
+    assert not np.array_equal(first, views(image, cfg, 4, seed=6))
+    assert all(not np.array_equal(first[0], other) for other in first[1:])  # each image in a batch differs
 
 
 @pytest.fixture
