@@ -31,3 +31,5 @@ test: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	python bench/pipeline.py
+	python bench/input_pipeline.py
+	python bench/train_step.py

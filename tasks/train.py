@@ -140,14 +140,15 @@ def resume_folder(cfg: Config, workdir: Path) -> Path:
 
 def callbacks(cfg: Config, logs: Path, checkpoint: Checkpoint, done: int, validate: bool) -> list:
     monitor = "val_accuracy" if validate else "accuracy"  # the paper watches the validation error
-    found = [keras.callbacks.TerminateOnNaN(), checkpoint, keras.callbacks.TensorBoard(log_dir=str(logs)),
+    found = [keras.callbacks.TerminateOnNaN(), keras.callbacks.TensorBoard(log_dir=str(logs)),
              EpochProgress(cfg.train.epochs, done)]
     if cfg.train.schedule == "plateau":
         found.append(keras.callbacks.ReduceLROnPlateau(monitor, mode="max", factor=0.1, patience=cfg.train.patience,
                                                        min_lr=1e-6, verbose=1))
     if cfg.train.early_stopping:
         found.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=cfg.train.early_stopping, verbose=1))
-    return found
+    # Last, so the checkpoint holds the rate the plateau rule has just set.
+    return [*found, checkpoint]
 
 
 def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: int, compiled: bool = True) -> keras.Model:

@@ -122,3 +122,11 @@ def test_model_side_defaults_are_the_papers(tmp_path):
     assert (cfg.augment.policy, cfg.augment.random_crop, cfg.augment.flip, cfg.augment.pca_std) == (
         "paper", True, True, 0.1)
     assert (cfg.model.variant, cfg.model.dropout, cfg.train.resume, cfg.evaluate.ten_crop) == ("paper", 0.5, True, True)
+
+
+def test_tutorial_params_file_is_the_tutorials_recipe():
+    cfg = load_config("params-tutorial.yaml")
+    assert (cfg.model.variant, cfg.augment.policy, cfg.augment.normalize) == ("seed", "seed", "rescale")
+    assert (cfg.augment.rotation, cfg.augment.shift, cfg.augment.shear, cfg.augment.zoom) == (10, 0.1, 0.1, 0.1)
+    assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.batch_size, cfg.train.weight_decay) == (
+        "adam", 0.001, 32, 0)
