@@ -7,7 +7,7 @@ are set at start-up), and the rounds interleave the configurations (A B C, A B C
 since timings on a shared machine drift. Ratios are against PyTorch in float32.
 
     python bench/train_step.py                    # every configuration, 2 rounds
-    python bench/train_step.py --only keras torch --rounds 3
+    python bench/train_step.py --only keras torch --rounds 3 --batch 128
 
 Configurations: `keras` is the project's model (tasks/model.py) as training runs
 it; the others change one thing each, to show what it costs or gains.
@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BATCH, SIZE, CLASSES = 64, 227, 1000
+SIZE, CLASSES = 227, 1000
+BATCH = 64  # --batch changes it, in this process and its children
 
 CONFIGS = {
     "torch": "PyTorch, float32, NCHW (the baseline)",
@@ -124,7 +125,8 @@ def measure(name: str, warmup: int, steps: int) -> float:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if name == "keras-no-onednn":
         env["TF_ENABLE_ONEDNN_OPTS"] = "0"
-    args = [sys.executable, __file__, "--child", name, "--warmup", str(warmup), "--steps", str(steps)]
+    args = [sys.executable, __file__, "--child", name, "--warmup", str(warmup), "--steps", str(steps),
+            "--batch", str(BATCH)]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
@@ -132,13 +134,16 @@ def measure(name: str, warmup: int, steps: int) -> float:
 
 
 def main() -> None:
+    global BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="configurations to run (torch always runs)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    BATCH = args.batch
     if args.child:
         rate = (torch_rate if args.child.startswith("torch") else keras_rate)(args.child, args.warmup, args.steps)
         print(json.dumps({"images_per_s": rate}))
