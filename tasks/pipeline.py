@@ -3,13 +3,13 @@
 Every training transform is a function of a batch and a stateless seed, so a view
 depends only on (seed, epoch, position): runs are deterministic and a resumed run
 sees the same data as an uninterrupted one. Files are decoded in parallel as they
-are read, so the data set need not fit in memory. The model normalises its own input, so
-the pipeline yields RGB pixels in [0, 255].
+are read, so the data set need not fit in memory. The model normalises its own
+input, so the pipeline yields RGB pixels in [0, 255] (give or take the colour shift).
 
 Policies (`augment.policy`): `paper`, random crops, horizontal flips and the PCA
 colour shift; `seed`, the tutorial's ImageDataGenerator settings (rotation, shift,
-shear, zoom) on the centre crop; `none`, the centre crop. Evaluation uses the
-centre crop, or the paper's ten crops.
+shear, zoom) as one warp, then the centre crop; `none`, the centre crop.
+Evaluation uses the centre crop, or the paper's ten crops.
 """
 
 from __future__ import annotations
