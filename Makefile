@@ -33,3 +33,5 @@ bench: install
 	python bench/pipeline.py
 	python bench/download.py
 	python bench/rerun.py
+	python bench/input_pipeline.py
+	python bench/train_step.py

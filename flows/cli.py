@@ -7,8 +7,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
-from tasks.config import PARAMS_FILE, ConfigError, load_config
+from tasks.config import PARAMS_FILE, ConfigError, Model, load_config
 from tasks.step import STEP_NAMES, StepError
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -18,6 +19,13 @@ def _params_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=PARAMS_FILE, metavar="FILE", help="params file (default: params.yaml)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, as in `dvc exp run -S train.epochs=5`; repeatable")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def cmd_run(args) -> int:
@@ -62,23 +70,25 @@ def cmd_mirror(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tasks.predict import classify
+    from tasks.predict import classify, table
 
-    if not Path(args.model).is_file():
-        raise StepError(f"model not found: {args.model} (train one with `alexnet run` or `dvc repro`)")
-    results = classify(args.images, args.model, args.top)
+    model_path = Path(args.model)
+    for required in (model_path, model_path.with_suffix(".json")):
+        if not required.is_file():
+            raise StepError(f"not found: {required} (train a model with `alexnet run` or `dvc repro`)")
+    results = classify(args.images, args.model, args.top, args.ten_crop)
     for r in results:
         if "error" in r:
             print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
         else:
-            print(f"{r['image']}: " + ", ".join(f"{name} {p:.1%}" for name, p in r["top"]))
+            print(table(r))
     return 0 if any("top" in r for r in results) else EXIT_FAILED
 
 
 def cmd_model(args) -> int:
     from tasks.model import build
 
-    build(args.classes, variant=args.variant, input_size=args.input_size, width=args.width).summary()
+    build(args.classes, variant=args.variant, input_size=args.input_size, width=args.width, init=args.init).summary()
     return 0
 
 
@@ -108,13 +118,17 @@ def parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="classify images with the trained model")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--model", default="models/alexnet.h5", help="model file (default: models/alexnet.h5)")
-    predict.add_argument("--top", type=int, default=1, help="classes to show per image (default: 1)")
+    predict.add_argument("--top", type=_positive, default=1, metavar="K", help="classes to show per image (default: 1)")
+    predict.add_argument("--ten-crop", action="store_true",
+                         help="average the paper's ten crops instead of using the centre crop")
     predict.set_defaults(func=cmd_predict)
 
     model = sub.add_parser("model", help="print the AlexNet model summary")
-    model.add_argument("--variant", default="paper", choices=("paper", "seed"))
-    model.add_argument("--classes", type=int, default=1000)
-    model.add_argument("--width", type=float, default=1.0)
+    model.add_argument("--variant", default=Model().variant, choices=get_args(Model.model_fields["variant"].annotation))
+    model.add_argument("--classes", type=_positive, default=1000)
+    model.add_argument("--width", type=float, default=1.0, help="scale of every layer's width (1.0: the paper)")
+    model.add_argument("--init", default=Model().init, choices=get_args(Model.model_fields["init"].annotation),
+                       help="initialisation of the paper variant")
     model.add_argument("--input-size", type=int, default=227)
     model.set_defaults(func=cmd_model)
     return p

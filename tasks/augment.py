@@ -2,9 +2,9 @@
 
 As in the paper, each image's shorter side is resized to `augment.image_size` and
 the centre square is kept. The training set's RGB mean, standard deviation and
-principal components (for the PCA colour augmentation) go to stats.json. Random
-crops, flips and colour shifts happen online in the input pipeline; the preview
-plot shows exactly those.
+principal components (for the PCA colour augmentation) go to stats.json. The
+random transforms of `augment.policy` happen online in the input pipeline; the
+preview plot shows exactly those, made by the same functions.
 """
 
 from __future__ import annotations
@@ -92,11 +92,13 @@ def render_preview(index: pd.DataFrame, cfg: Config, stats: dict, workdir: Path)
     fig, axes = plt.subplots(len(picks), cols, figsize=(2 * cols, 2 * len(picks)), squeeze=False)
     for r, row in enumerate(picks.to_dict("records")):
         image = pipeline.load(str(workdir / row["path"]))
-        axes[r][0].imshow(image.numpy().astype(np.uint8))
+        axes[r][0].imshow(image.numpy())
         axes[r][0].set_title(row["class"], fontsize=9)
-        for c in range(1, cols):
-            view = pipeline.augment(image, tf.constant([cfg.base.seed, r * cols + c]), cfg.augment, stats)
-            axes[r][c].imshow(view.numpy().astype(np.uint8))
+        # The training transforms themselves, on a batch of copies of the image.
+        views = pipeline.augment(tf.repeat(image[None], cols - 1, 0), tf.constant([cfg.base.seed, r]), cfg.augment,
+                                 stats)
+        for c, view in enumerate(views.numpy(), 1):
+            axes[r][c].imshow(np.clip(view, 0, 255).astype(np.uint8))
             axes[r][c].set_title(f"variant {c}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")

@@ -169,12 +169,29 @@ class Split(Section):
 
 class Augment(Section):
     # Canonical size stored by the augment step (the paper: shorter side to 256,
-    # centre crop 256x256) and the random crop fed to the network (227).
+    # centre crop 256x256) and the crop fed to the network (227).
     image_size: int = Field(default=256, ge=67)
     crop_size: int = Field(default=227, ge=67)
+    # Online training transforms. paper: random crops, horizontal flips, PCA colour
+    # shifts; seed: the tutorial's ImageDataGenerator settings (rotation, shift,
+    # shear, zoom) on the centre crop; none: the centre crop only. Each transform
+    # below switches off on its own (false or 0); those of the other policy are unused.
+    policy: Literal["paper", "seed", "none"] = "paper"
+    random_crop: bool = True
     flip: bool = True
-    # Standard deviation of the paper's PCA colour augmentation; 0 switches it off.
+    # Standard deviation of the paper's PCA colour augmentation.
     pca_std: float = Field(default=0.1, ge=0)
+    # The tutorial's: degrees, fraction of the side, degrees (as Keras's generator
+    # reads shear_range), zoom factor range 1 +- zoom.
+    rotation: float = Field(default=10.0, ge=0, le=180)
+    shift: float = Field(default=0.1, ge=0, lt=1)
+    shear: float = Field(default=0.1, ge=0, lt=90)
+    zoom: float = Field(default=0.1, ge=0, lt=1)
+    # What the model does to its [0, 255] input: mean (subtract the training set's
+    # RGB mean: the paper), standardize (also divide by its deviation), rescale
+    # (x / 255: the tutorial), none. auto: rescale for the seed policy, otherwise
+    # what model.init expects (paper, caffe: mean; he: standardize).
+    normalize: Literal["auto", "mean", "standardize", "rescale", "none"] = "auto"
     # Images shown in plots/augmentation.png, each with several augmented variants.
     plot_images: int = Field(default=4, ge=1, le=16)
 
@@ -188,28 +205,51 @@ class Augment(Section):
 
 
 class Model(Section):
-    variant: Literal["paper"] = "paper"
+    # paper: Krizhevsky et al. 2012 (LRN, grouped convolutions, dropout);
+    # seed: the tutorial's simplified Keras model.
+    variant: Literal["paper", "seed"] = "paper"
     # Scales every layer's width; 1.0 is the paper's AlexNet.
     width: float = Field(default=1.0, gt=0, le=4)
-    init: Literal["paper", "he"] = "he"
+    # paper: N(0, 0.01), biases 1 in conv2/4/5 and fc6/7; caffe: the Caffe
+    # replica's (biases 0.1, fc6/7 N(0, 0.005)); he: He normal, biases 0.
+    # The seed variant is always He-initialised, as in the tutorial.
+    init: Literal["paper", "caffe", "he"] = "he"
     dropout: float = Field(default=0.5, ge=0, lt=1)
 
 
 class Train(Section):
     epochs: int = Field(default=90, ge=1)
     batch_size: int = Field(default=128, ge=1)
+    # sgd: momentum with weight decay inside the update, as in the paper; adam: the
+    # tutorial's (its weight decay is decoupled, as Keras's AdamW-style decay).
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(default=0.01, gt=0)
-    # plateau: divide the rate by 10 when validation loss stops improving (the paper);
-    # cosine: decay smoothly to zero over the run; constant: neither.
+    # plateau: divide the rate by 10 when validation accuracy stops improving for
+    # `patience` epochs (the paper); cosine: decay smoothly to zero; constant: neither.
     schedule: Literal["plateau", "cosine", "constant"] = "plateau"
+    patience: int = Field(default=5, ge=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
+    # Stop when validation accuracy has not improved for this many epochs; null: never.
+    early_stopping: int | None = Field(default=None, ge=1)
+    # Checkpoint every epoch; a rerun with the same inputs resumes from the last one.
+    resume: bool = True
+    # Keep decoded training images in memory after the first epoch.
+    cache: bool = False
+    # auto: float16 on GPUs that support it (compute capability 7.0+), off on CPU.
+    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
+    # XLA compilation; auto: Keras's choice (on for a single GPU, off on CPU).
+    jit_compile: bool | Literal["auto"] = "auto"
 
 
 class Evaluate(Section):
     # Images in plots/predictions.png.
     grid_images: int = Field(default=8, ge=1, le=64)
+    # Also score the paper's ten crops (corners and centre, flipped too, softmax averaged).
+    ten_crop: bool = True
+    # Misclassified validation images listed in metrics/eval.json, most confident first.
+    misclassified: int = Field(default=20, ge=0)
+    batch_size: int = Field(default=64, ge=1)
 
 
 class Dvc(Section):

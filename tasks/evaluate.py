@@ -1,33 +1,48 @@
-"""evaluate: score the saved model on the validation set.
+"""evaluate: score the saved model on the validation set, as the paper did.
 
-Centre-crop predictions give accuracy, per-class precision and recall and a
-confusion matrix (CSV for `dvc plots`, and a PNG), plus a grid of validation images
-labelled with their predicted class: blue when right, red when wrong.
+Two views of each image: the centre crop, and the paper's ten crops (four corners
+and the centre, each also flipped, softmax averaged). For each: accuracy, top-1
+and top-5 error (top-5 only with more than five classes), per-class precision,
+recall and F1. The headline view (ten crops when `evaluate.ten_crop`) also gives
+the confusion matrix (CSV for `dvc plots`, and a PNG), the misclassified images,
+most confident first, and a grid of validation images labelled with their
+predicted class: blue when right, red when wrong. The model card gains the
+evaluation in models/alexnet.card.json.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 
-from tasks import files, model, paths, pipeline  # noqa: F401  (model registers the LRN layer)
+from tasks import files, model, paths, pipeline  # noqa: F401  (model registers the custom layers)
 from tasks.config import Config
 from tasks.step import Step, StepError, Summary, step_task
 
 STEP = Step(
     name="evaluate",
     params=("augment", "evaluate"),
-    deps=(paths.AUGMENTED, paths.MODEL),
-    outs=(),
+    deps=(paths.AUGMENTED, paths.MODEL, paths.MODEL_CARD),
+    outs=(paths.EVAL_CARD,),
     metrics=(paths.EVAL,),
     plots=(paths.CONFUSION, paths.CONFUSION_PLOT, paths.PREDICTIONS_PLOT),
 )
+TOP_K = 5
 
 
-def scores(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
+def top_k_error(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """Share of images whose true class is not among the k most probable."""
+    best = np.argsort(-probabilities, axis=1)[:, :k]
+    return float(1.0 - (best == labels[:, None]).any(axis=1).mean())
+
+
+def scores(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, top-1/top-5 error, per-class precision, recall and F1, confusion matrix."""
+    predicted = probabilities.argmax(1)
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     per_class = {}
@@ -35,13 +50,36 @@ def scores(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dic
         tp, predicted_i, actual_i = confusion[i, i], confusion[:, i].sum(), confusion[i].sum()
         precision = tp / predicted_i if predicted_i else 0.0
         recall = tp / actual_i if actual_i else 0.0
-        per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4), "support": int(actual_i)}
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
+                           "f1": round(float(f1), 4), "support": int(actual_i)}
+    top5 = top_k_error(labels, probabilities, TOP_K) if len(classes) > TOP_K else None
     return {
         "accuracy": round(float((labels == predicted).mean()), 4),
+        "top1_error": round(top_k_error(labels, probabilities, 1), 4),
+        "top5_error": round(top5, 4) if top5 is not None else "n/a: 5 or fewer classes",
         "images": int(len(labels)),
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
+
+
+def predict_views(net: keras.Model, views) -> np.ndarray:
+    """Softmax per view for batches of [B, V, s, s, 3]: returns [N, V, classes]."""
+    out = []
+    for batch in views:
+        b, v = batch.shape[:2]
+        out.append(net.predict_on_batch(np.reshape(batch.numpy(), (b * v, *batch.shape[2:]))).reshape(b, v, -1))
+    return np.concatenate(out)
+
+
+def misclassified(val: pd.DataFrame, labels, probabilities, classes, limit: int, workdir: Path) -> list[dict]:
+    predicted = probabilities.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:limit]
+    return [{"image": Path(val["path"].iloc[i]).relative_to(workdir).as_posix(), "actual": classes[labels[i]],
+             "predicted": classes[predicted[i]], "probability": round(float(probabilities[i, predicted[i]]), 4)}
+            for i in wrong]
 
 
 def _figure():
@@ -87,32 +125,52 @@ def plot_predictions(images: np.ndarray, labels, predicted, probabilities, class
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
-    """Write metrics/eval.json and the confusion and prediction plots."""
+    """Write metrics/eval.json, the confusion and prediction plots and the model card with its evaluation."""
     index, stats = pipeline.read_prepared(workdir)
     classes = stats["classes"]
     val = index[index["subset"] == "validation"]
     if val.empty:
         raise StepError("no validation images: raise split.validation_fraction or download more images")
-    model_path = workdir / paths.MODEL
-    if not model_path.is_file():
-        raise StepError(f"missing {model_path}: run the train step first")
-    net = keras.models.load_model(model_path, compile=False)
-    images = np.concatenate([x.numpy() for x, _ in pipeline.evaluation_set(val, cfg.augment, 64)])
-    probabilities = net.predict(images, batch_size=64, verbose=0)
-    labels, predicted = val["label"].to_numpy(), probabilities.argmax(1)
-    result = scores(labels, predicted, classes)
-
-    files.write_json(workdir / paths.EVAL, {k: v for k, v in result.items() if k != "confusion"})
-    files.write_csv(
-        workdir / paths.CONFUSION,
-        pd.DataFrame({"actual": [classes[i] for i in labels], "predicted": [classes[i] for i in predicted]}),
-    )
-    plot_confusion(np.array(result["confusion"]), classes, workdir / paths.CONFUSION_PLOT)
-    shown = np.linspace(0, len(val) - 1, min(cfg.evaluate.grid_images, len(val))).astype(int)  # across classes
-    plot_predictions(images[shown], labels[shown], predicted[shown], probabilities[shown, predicted[shown]], classes,
+    for required in (paths.MODEL, paths.MODEL_CARD):
+        if not (workdir / required).is_file():
+            raise StepError(f"missing {workdir / required}: run the train step first")
+    net = keras.models.load_model(workdir / paths.MODEL, compile=False)
+    ev = cfg.evaluate
+    probabilities = predict_views(net, pipeline.eval_views(val, cfg.augment, ev.batch_size, ten=ev.ten_crop))
+    labels = val["label"].to_numpy()
+    views = {"centre_crop": scores(labels, probabilities[:, 0], classes)}
+    if ev.ten_crop:
+        views["ten_crop"] = scores(labels, probabilities.mean(1), classes)
+    headline = "ten_crop" if ev.ten_crop else "centre_crop"
+    best = probabilities.mean(1)
+    predicted = best.argmax(1)
+    result = {
+        "view": headline,
+        **{k: views[headline][k] for k in ("accuracy", "top1_error", "top5_error", "images")},
+        **{name: {k: v for k, v in s.items() if k != "confusion"} for name, s in views.items()},
+        "misclassified_count": int((predicted != labels).sum()),
+        "misclassified": misclassified(val, labels, best, classes, ev.misclassified, workdir),
+    }
+    files.write_json(workdir / paths.EVAL, result)
+    files.write_csv(workdir / paths.CONFUSION, pd.DataFrame(
+        {"actual": [classes[i] for i in labels], "predicted": [classes[i] for i in predicted]}))
+    plot_confusion(np.array(views[headline]["confusion"]), classes, workdir / paths.CONFUSION_PLOT)
+    shown = np.linspace(0, len(val) - 1, min(ev.grid_images, len(val))).astype(int)  # across classes
+    images = np.stack([pipeline.centre_crop(pipeline.load(val["path"].iloc[i]), cfg.augment.crop_size).numpy()
+                       for i in shown])
+    plot_predictions(images, labels[shown], predicted[shown], best[shown, predicted[shown]], classes,
                      workdir / paths.PREDICTIONS_PLOT)
-    print(f"evaluate: validation accuracy {result['accuracy']:.1%} on {result['images']} images")
-    return {"step": STEP.name, "accuracy": result["accuracy"], "images": result["images"], "per_class": result["per_class"]}
+    card = json.loads((workdir / paths.MODEL_CARD).read_text())
+    files.write_json(workdir / paths.EVAL_CARD, {
+        **card,
+        "model_sha256": files.sha256_file(workdir / paths.MODEL),
+        "evaluation": {k: v for k, v in result.items() if k != "misclassified"},
+    })
+    print(f"evaluate: validation accuracy {result['accuracy']:.1%} ({headline.replace('_', ' ')}) "
+          f"on {result['images']} images")
+    return {"step": STEP.name, "accuracy": result["accuracy"], "view": headline, "images": result["images"],
+            "top1_error": result["top1_error"], "top5_error": result["top5_error"],
+            "per_class": views[headline]["per_class"]}
 
 
 evaluate_task = step_task(STEP, run)

@@ -1,4 +1,4 @@
-"""Classify image files with a saved model and its model card."""
+"""Classify image files with a saved model and its model card (`alexnet predict`)."""
 
 from __future__ import annotations
 
@@ -8,34 +8,43 @@ from pathlib import Path
 import cv2
 import keras
 import numpy as np
+import tensorflow as tf
 
-from tasks import model, paths  # noqa: F401  (model registers the LRN layer)
+from tasks import model, paths, pipeline  # noqa: F401  (model registers the custom layers)
 from tasks.augment import canonical
 
 
-def prepare(path: Path, image_size: int, input_size: int) -> np.ndarray:
-    """The evaluation view of an image file: canonical square, centre crop, RGB."""
+def views(path: Path, image_size: int, input_size: int, ten_crop: bool) -> np.ndarray:
+    """The evaluation views of an image file: canonical square, then the centre crop or ten crops."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("not an image OpenCV can read" if path.is_file() else "no such file")
-    square = canonical(image, image_size)
-    offset = (image_size - input_size) // 2
-    crop = square[offset : offset + input_size, offset : offset + input_size]
-    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32)
+    square = tf.constant(cv2.cvtColor(canonical(image, image_size), cv2.COLOR_BGR2RGB))
+    crops = pipeline.ten_crops(square, input_size) if ten_crop else pipeline.centre_crop(square, input_size)[None]
+    return crops.numpy().astype(np.float32)
 
 
-def classify(images: list[str], model_path: str = paths.MODEL, top: int = 1) -> list[dict]:
-    """One result per image: its top classes and probabilities, or an error."""
+def classify(images: list[str], model_path: str = paths.MODEL, top: int = 1, ten_crop: bool = False) -> list[dict]:
+    """One result per image: its `top` classes with probabilities, or an error."""
     card = json.loads(Path(model_path).with_suffix(".json").read_text())
     net = keras.models.load_model(model_path, compile=False)
+    classes = card["classes"]
     results = []
     for name in images:
         try:
-            x = prepare(Path(name), card["image_size"], card["input_size"])
+            x = views(Path(name), card["image_size"], card["input_size"], ten_crop)
         except ValueError as exc:
             results.append({"image": name, "error": str(exc)})
             continue
-        probs = net.predict(x[None], verbose=0)[0]
-        best = probs.argsort()[::-1][:top]
-        results.append({"image": name, "top": [(card["classes"][i], float(probs[i])) for i in best]})
+        probs = net.predict_on_batch(x).mean(0)
+        best = np.argsort(-probs, kind="stable")[: max(1, top)]
+        results.append({"image": name, "top": [(classes[i], float(probs[i])) for i in best]})
     return results
+
+
+def table(result: dict) -> str:
+    """An image's classes and probabilities, most probable first."""
+    width = max(len("class"), *(len(c) for c, _ in result["top"]))
+    lines = [result["image"], f"  rank  {'class':<{width}}  probability"]
+    lines += [f"  {rank:>4}  {c:<{width}}  {p:>11.1%}" for rank, (c, p) in enumerate(result["top"], 1)]
+    return "\n".join(lines)

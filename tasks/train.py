@@ -1,12 +1,19 @@
 """train: fit AlexNet on the augmented training set, save models/alexnet.h5.
 
-The saved model normalises its own input with the training set's statistics, so
-it takes RGB pixels in [0, 255] and reloads with `keras.models.load_model` after
-`import tasks.model`. A model card beside it records what it was trained on.
+The saved model normalises its own input, so it takes RGB pixels in [0, 255] and
+reloads with `keras.models.load_model` after `import tasks.model`. A model card
+beside it records what it was trained on. Training runs on every visible GPU
+(MirroredStrategy), with mixed precision and XLA where they pay, and checkpoints
+every epoch: a run killed at any point and started again resumes from its last
+checkpoint and ends with the same epochs and a complete history.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 import shutil
 import sys
 import time
@@ -19,7 +26,7 @@ import tensorflow as tf
 from tasks import files, model, paths, pipeline
 from tasks.config import Config
 from tasks.progress import Progress
-from tasks.step import Step, Summary, step_task
+from tasks.step import STATE_DIR, Step, StepError, Summary, step_task
 
 STEP = Step(
     name="train",
@@ -27,6 +34,10 @@ STEP = Step(
     deps=(paths.AUGMENTED,),
     outs=(paths.MODEL, paths.MODEL_CARD, paths.LOGS, paths.HISTORY),
 )
+# Outside every declared output, so neither `dvc repro` (which deletes a stage's
+# outputs before running it) nor the Prefect cache check touches it.
+CHECKPOINTS = STATE_DIR / "checkpoints"
+PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 def optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -36,15 +47,42 @@ def optimizer(cfg: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
         rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=t.epochs * steps_per_epoch)
     if t.optimizer == "adam":
         return keras.optimizers.Adam(rate, weight_decay=t.weight_decay or None)
-    return keras.optimizers.SGD(rate, momentum=t.momentum, weight_decay=t.weight_decay or None)
+    return model.PaperSGD(rate, momentum=t.momentum, l2=t.weight_decay)
+
+
+def strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs, or over logical CPU devices when there are several; else the default."""
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def precision_policy(setting: str) -> str:
+    """The Keras dtype policy for `train.mixed_precision`."""
+    if setting != "auto":
+        return PRECISION[setting]
+    gpus = tf.config.list_physical_devices("GPU")
+    capable = gpus and all(
+        tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) >= (7, 0) for g in gpus)
+    return "mixed_float16" if capable else "float32"
+
+
+def device_note(replicas: int, policy: str) -> str:
+    gpus = tf.config.list_logical_devices("GPU")
+    where = f"{len(gpus)} GPU(s)" if gpus else "CPU (no GPU visible)"
+    spread = f", MirroredStrategy over {replicas} devices" if replicas > 1 else ""
+    return f"training on {where}{spread}, precision {policy}"
 
 
 class EpochProgress(keras.callbacks.Callback):
     """Epochs done, as a terminal bar and a Prefect progress artifact."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, done: int):
         super().__init__()
         self.progress = Progress("train", epochs, unit="epoch", bar=False)  # Keras draws its own bar
+        if done:
+            self.progress.update(done, force=True)
 
     def on_epoch_end(self, epoch, logs=None):
         self.progress.update(force=True)
@@ -53,14 +91,68 @@ class EpochProgress(keras.callbacks.Callback):
         self.progress.__exit__()
 
 
-def callbacks(cfg: Config, logs: Path) -> list[keras.callbacks.Callback]:
-    found = [keras.callbacks.TensorBoard(log_dir=str(logs)), EpochProgress(cfg.train.epochs)]
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch: weights with optimizer state, and the history so far.
+
+    Each write is atomic and the state file names its weights file, so a kill at
+    any moment leaves the previous epoch's checkpoint or this one, never a mix.
+    """
+
+    def __init__(self, folder: Path | None, history: list[dict]):
+        super().__init__()
+        self.folder, self.history = folder, history
+
+    @staticmethod
+    def restore(folder: Path, net: keras.Model) -> tuple[int, list[dict]]:
+        """(epochs done, history rows) from `folder`, loading its weights into `net`; (0, []) if none."""
+        state_path = folder / "state.json"
+        if not state_path.is_file():
+            return 0, []
+        state = json.loads(state_path.read_text())
+        net.optimizer.build(net.trainable_variables)
+        net.load_weights(folder / state["weights"])
+        return state["epoch"], state["history"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append({"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in (logs or {}).items()}})
+        if self.folder is None:
+            return
+        name = f"epoch-{epoch + 1}.weights.h5"
+        partial = self.folder / f"partial-{name}"  # Keras wants the .weights.h5 suffix
+        self.model.save_weights(partial)
+        os.replace(partial, self.folder / name)
+        files.write_json(self.folder / "state.json", {"epoch": epoch + 1, "weights": name, "history": self.history})
+        for old in self.folder.glob("*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+
+def resume_folder(cfg: Config, workdir: Path) -> Path:
+    """The checkpoint folder of this exact training: its params, data index and code."""
+    material = {
+        "params": {name: cfg.section(name) for name in STEP.params},
+        "data": {p: files.sha256_file(workdir / p) for p in (paths.AUGMENT_INDEX, paths.STATS)},
+        "code": {p.name: files.sha256_file(p) for p in STEP.code_files()},
+    }
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    return workdir / CHECKPOINTS / key
+
+
+def callbacks(cfg: Config, logs: Path, checkpoint: Checkpoint, done: int, validate: bool) -> list:
+    monitor = "val_accuracy" if validate else "accuracy"  # the paper watches the validation error
+    found = [keras.callbacks.TerminateOnNaN(), keras.callbacks.TensorBoard(log_dir=str(logs)),
+             EpochProgress(cfg.train.epochs, done)]
     if cfg.train.schedule == "plateau":
-        found.append(keras.callbacks.ReduceLROnPlateau(factor=0.1, patience=5, min_lr=1e-6, verbose=1))
-    return found
+        found.append(keras.callbacks.ReduceLROnPlateau(monitor, mode="max", factor=0.1, patience=cfg.train.patience,
+                                                       min_lr=1e-6, verbose=1))
+    if cfg.train.early_stopping:
+        found.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=cfg.train.early_stopping, verbose=1))
+    # Last, so the checkpoint holds the rate the plateau rule has just set.
+    return [*found, checkpoint]
 
 
-def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: int) -> keras.Model:
+def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: int, compiled: bool = True) -> keras.Model:
+    norm = pipeline.normalisation(cfg.augment, stats, cfg.model.init) or {}
     net = model.build(
         len(classes),
         variant=cfg.model.variant,
@@ -68,25 +160,79 @@ def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: i
         width=cfg.model.width,
         init=cfg.model.init,
         dropout=cfg.model.dropout,
-        mean=stats["mean"],
-        std=stats["std"],
+        mean=norm.get("mean"),
+        std=norm.get("std"),
     )
-    net.compile(
-        optimizer=optimizer(cfg, steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    if compiled:
+        net.compile(
+            optimizer=optimizer(cfg, steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=cfg.train.jit_compile,
+        )
     return net
 
 
 def save_model(net: keras.Model, target: Path) -> None:
+    """The model alone (no optimizer state: checkpoints hold that), written atomically."""
     with files.atomic_path(target) as tmp:
-        net.save(tmp)
+        net.save(tmp, include_optimizer=False)
 
 
-def device_note() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    return f"training on {len(gpus)} GPU(s)" if gpus else "training on CPU (no GPU visible)"
+def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index, val_index):
+    """Train under the configured strategy and precision; returns (float32 model, history rows, first epoch)."""
+    t = cfg.train
+    steps = -(-len(train_index) // t.batch_size)
+    folder = resume_folder(cfg, workdir) if t.resume else None
+    if (workdir / CHECKPOINTS).is_dir():  # checkpoints of other trainings can never resume
+        for other in (workdir / CHECKPOINTS).iterdir():
+            if other != folder:
+                shutil.rmtree(other, ignore_errors=True)
+    keras.utils.set_random_seed(cfg.base.seed)
+    policy, previous = precision_policy(t.mixed_precision), keras.mixed_precision.global_policy()
+    distribution = strategy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with distribution.scope():
+            net = build_model(cfg, classes, stats, steps)
+            done, history = Checkpoint.restore(folder, net) if folder else (0, [])
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    print(f"train: {device_note(distribution.num_replicas_in_sync, policy)}; {len(train_index)} training and "
+          f"{len(val_index)} validation images, {net.count_params():,} parameters"
+          + (f"; resuming after epoch {done} from {folder.relative_to(workdir)}" if done else ""))
+
+    logs = workdir / paths.LOGS
+    if not done:
+        shutil.rmtree(logs, ignore_errors=True)
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
+    train_ds = pipeline.training_set(train_index, cfg.augment, stats, t.batch_size, cfg.base.seed, t.epochs,
+                                     first_epoch=done, cache=t.cache)
+    val_ds = pipeline.validation_set(val_index, cfg.augment, t.batch_size) if len(val_index) else None
+    checkpoint = Checkpoint(folder, history)
+    if done < t.epochs:
+        net.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=t.epochs,
+            initial_epoch=done,
+            steps_per_epoch=steps,
+            callbacks=callbacks(cfg, logs, checkpoint, done, val_ds is not None),
+            shuffle=False,  # the data set shuffles itself, by (seed, epoch)
+            verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
+        )
+    history = checkpoint.history
+    if history and not math.isfinite(history[-1].get("loss", 0.0)):
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)  # resuming would start from the diverged weights
+        raise StepError(f"training diverged: the loss is not a number after epoch {history[-1]['epoch']}; "
+                        "lower train.learning_rate, or use another model.init or augment.normalize")
+    if policy != "float32":  # save a float32 copy, which predicts the same on any device
+        export = build_model(cfg, classes, stats, steps, compiled=False)
+        export.set_weights(net.get_weights())
+        net = export
+    return net, history, done
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
@@ -94,44 +240,37 @@ def run(cfg: Config, workdir: Path) -> Summary:
     index, stats = pipeline.read_prepared(workdir)
     classes = stats["classes"]
     train_index, val_index = index[index["subset"] == "train"], index[index["subset"] == "validation"]
-    keras.utils.set_random_seed(cfg.base.seed)
-    train_ds = pipeline.training_set(train_index, cfg.augment, stats, cfg.train.batch_size, cfg.base.seed)
-    val_ds = pipeline.evaluation_set(val_index, cfg.augment, cfg.train.batch_size) if len(val_index) else None
-    net = build_model(cfg, classes, stats, steps_per_epoch=-(-len(train_index) // cfg.train.batch_size))
-    print(f"train: {device_note()}; {len(train_index)} training and {len(val_index)} validation images, "
-          f"{net.count_params():,} parameters")
-
-    logs = workdir / paths.LOGS
-    shutil.rmtree(logs, ignore_errors=True)
     start = time.monotonic()
-    history = net.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.train.epochs,
-        callbacks=callbacks(cfg, logs),
-        shuffle=False,  # the dataset shuffles itself, with the seed
-        verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
-    )
+    net, history, resumed = fit(cfg, workdir, classes, stats, train_index, val_index)
     seconds = time.monotonic() - start
 
-    table = pd.DataFrame(history.history)
-    table.insert(0, "epoch", range(1, len(table) + 1))
-    files.write_csv(workdir / paths.HISTORY, table.round(6))
+    files.write_csv(workdir / paths.HISTORY, pd.DataFrame(history))
     save_model(net, workdir / paths.MODEL)
-    final = {k: round(float(v[-1]), 6) for k, v in history.history.items()}
+    final = {k: v for k, v in history[-1].items() if k != "epoch"}
     card = {
         "classes": classes,
         "variant": cfg.model.variant,
         "input_size": cfg.augment.crop_size,
         "image_size": cfg.augment.image_size,
-        "normalisation": {"mean": stats["mean"], "std": stats["std"]},
+        "normalisation": pipeline.normalisation(cfg.augment, stats, cfg.model.init),
         "params": {name: cfg.section(name) for name in STEP.params},
-        "data": {"index_sha256": files.sha256_file(workdir / paths.AUGMENT_INDEX), "train_images": len(train_index)},
+        "parameters": net.count_params(),
+        "data": {
+            "index_sha256": files.sha256_file(workdir / paths.AUGMENT_INDEX),
+            "stats_sha256": files.sha256_file(workdir / paths.STATS),
+            "train_images": len(train_index),
+            "validation_images": len(val_index),
+        },
+        "epochs": len(history),
+        "resumed_after_epoch": resumed,
         "final_epoch": final,
         "train_seconds": round(seconds, 1),
     }
     files.write_json(workdir / paths.MODEL_CARD, card)
-    return {"step": STEP.name, "model": paths.MODEL, "epochs": cfg.train.epochs, "fit_seconds": round(seconds, 1), **final}
+    if cfg.train.resume:  # finished: the checkpoint has served
+        shutil.rmtree(resume_folder(cfg, workdir), ignore_errors=True)
+    return {"step": STEP.name, "model": paths.MODEL, "epochs": len(history), "resumed_after_epoch": resumed,
+            "fit_seconds": round(seconds, 1), **final}
 
 
 train_task = step_task(STEP, run)

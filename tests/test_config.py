@@ -42,6 +42,15 @@ def test_shipped_params_file_is_valid_and_demo_scale():
         ("augment:\n  image_size: 100\n  crop_size: 120\n", "augment.crop_size", "image_size"),
         ("data:\n  classes:\n    '../etc': {wnid: n01234567}\n    b: {wnid: n01234568}\n", "data.classes", "../etc"),
         ("data:\n  url_list_endpoint: http://127.0.0.1:1/list\n", "data.url_list_endpoint", "{wnid}"),
+        ("augment:\n  policy: autoaugment\n", "augment.policy", "autoaugment"),
+        ("augment:\n  normalize: zscore\n", "augment.normalize", "zscore"),
+        ("augment:\n  shift: 1.5\n", "augment.shift", "1.5"),
+        ("model:\n  init: xavier\n", "model.init", "xavier"),
+        ("model:\n  variant: resnet\n", "model.variant", "resnet"),
+        ("train:\n  mixed_precision: fp8\n", "train.mixed_precision", "fp8"),
+        ("train:\n  jit_compile: sometimes\n", "train.jit_compile", "sometimes"),
+        ("train:\n  early_stopping: 0\n", "train.early_stopping", "0"),
+        ("evaluate:\n  misclassified: -1\n", "evaluate.misclassified", "-1"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, key, hint):
@@ -94,3 +103,19 @@ def test_paper_params_file_is_the_paper_scale():
     assert (cfg.augment.image_size, cfg.augment.crop_size, cfg.model.width, cfg.train.batch_size) == (256, 227, 1.0, 128)
     assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.weight_decay, cfg.train.schedule) == (
         "sgd", 0.9, 0.0005, "plateau")
+
+
+def test_model_side_defaults_are_the_papers(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  jit_compile: true\n"))
+    assert cfg.train.jit_compile is True and Config().train.jit_compile == "auto"
+    assert (cfg.augment.policy, cfg.augment.random_crop, cfg.augment.flip, cfg.augment.pca_std) == (
+        "paper", True, True, 0.1)
+    assert (cfg.model.variant, cfg.model.dropout, cfg.train.resume, cfg.evaluate.ten_crop) == ("paper", 0.5, True, True)
+
+
+def test_tutorial_params_file_is_the_tutorials_recipe():
+    cfg = load_config("params-tutorial.yaml")
+    assert (cfg.model.variant, cfg.augment.policy, cfg.augment.normalize) == ("seed", "seed", "rescale")
+    assert (cfg.augment.rotation, cfg.augment.shift, cfg.augment.shear, cfg.augment.zoom) == (10, 0.1, 0.1, 0.1)
+    assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.batch_size, cfg.train.weight_decay) == (
+        "adam", 0.001, 32, 0)

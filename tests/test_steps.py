@@ -186,26 +186,45 @@ def test_evaluate_writes_metrics_confusion_and_plots(work):
     validation = pd.read_csv(work / paths.SPLIT).query("subset == 'validation'")
     assert result["images"] == len(confusion) == len(validation)
     assert result["accuracy"] == pytest.approx((confusion.actual == confusion.predicted).mean(), abs=1e-4)
-    assert set(result["per_class"]) == {"bikes", "ships"}
+    assert set(result[result["view"]]["per_class"]) == {"bikes", "ships"}
+    assert result["top5_error"] == "n/a: 5 or fewer classes"
     for plot in (paths.CONFUSION_PLOT, paths.PREDICTIONS_PLOT):
         assert (work / plot).read_bytes()[:4] == b"\x89PNG"
     assert SUMMARIES["evaluate"]["accuracy"] == result["accuracy"]
+    assert json.loads((work / paths.EVAL_CARD).read_text())["evaluation"]["accuracy"] == result["accuracy"]
 
 
 def test_scores_per_class():
-    result = evaluate.scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
+    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    result = evaluate.scores(np.array([0, 0, 1, 1]), probabilities, ["a", "b"])
     assert result["accuracy"] == 0.75 and result["confusion"] == [[1, 1], [0, 2]]
-    assert result["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "support": 2}
+    assert result["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
     assert result["per_class"]["b"]["precision"] == pytest.approx(0.6667, abs=1e-4)
+    assert result["top1_error"] == 0.25 and result["top5_error"] == "n/a: 5 or fewer classes"
 
 
-def test_cli_predict_and_model(work):
+def test_cli_predict_prints_a_table_per_image_and_an_error_per_bad_file(work):
     image = next((work / paths.IMAGES / "ships").iterdir())
-    done = run(["alexnet", "predict", str(image), "missing.jpg", "--top", "2"], work)
+    (work / "notes.txt").write_text("not an image")
+    done = run(["alexnet", "predict", str(image), "missing.jpg", "notes.txt", "--top", "2"], work)
     lines = done.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{image}: ") and "ships" in lines[0] and "bikes" in lines[0]
+    assert lines[0] == str(image) and lines[1].split() == ["rank", "class", "probability"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["1", "2"] and {r[1] for r in rows} == {"bikes", "ships"}
+    probabilities = [float(r[2].rstrip("%")) for r in rows]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(100, abs=0.2)
     assert "missing.jpg: error: no such file" in done.stderr
-    failed = run(["alexnet", "predict", "missing.jpg"], work, check=False)
-    assert failed.returncode == 1
-    summary = run(["alexnet", "model", "--variant", "paper", "--classes", "1000"], REPO).stdout
-    assert "60,965,224" in summary
+    assert "notes.txt: error: not an image OpenCV can read" in done.stderr
+    ten = run(["alexnet", "predict", str(image), "--ten-crop"], work)
+    assert ten.stdout.splitlines()[0] == str(image) and len(ten.stdout.splitlines()) == 3
+    failed = run(["alexnet", "predict", "missing.jpg", "notes.txt"], work, check=False)
+    assert failed.returncode == 1 and failed.stdout == ""
+    no_model = run(["alexnet", "predict", str(image), "--model", "nowhere.h5"], work, check=False)
+    assert no_model.returncode == 1 and "nowhere.h5" in no_model.stderr and "Traceback" not in no_model.stderr
+
+
+def test_cli_model_prints_the_summary():
+    paper = run(["alexnet", "model", "--variant", "paper", "--classes", "1000"], REPO).stdout
+    assert "60,965,224" in paper and "LocalResponseNorm" in paper
+    seed = run(["alexnet", "model", "--variant", "seed", "--classes", "2"], REPO).stdout
+    assert "62,380,346" in seed

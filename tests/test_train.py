@@ -1,0 +1,214 @@
+"""Training and evaluation on generated data: learning, resuming after SIGKILL, devices, precision."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import BIN, REPO, merge, tiny_params
+from generated import prepare
+from tasks import evaluate, files, paths, train
+from tasks.config import validate
+
+pytestmark = pytest.mark.slow
+
+
+def params(**sections) -> dict:
+    # The generated sets need no demo source; its port is never used.
+    return merge(tiny_params(9), sections)
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory) -> Path:
+    """Three patterns, prepared for training."""
+    return prepare(tmp_path_factory.mktemp("three"), params(), classes=3, train=40, validation=10)
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory) -> Path:
+    """Six patterns (more than five, so top-5 error applies), trained briefly and evaluated."""
+    workdir = prepare(tmp_path_factory.mktemp("six"), params(), classes=6, train=12, validation=6)
+    cfg = validate(params(train={"epochs": 1}))
+    train.run(cfg, workdir)
+    evaluate.run(cfg, workdir)
+    return workdir
+
+
+def test_model_learns_a_small_generated_set(three):
+    # Measured with other data and training seeds: 96.7% to 100%.
+    cfg = validate(params(model={"width": 0.25}, train={"epochs": 25, "schedule": "cosine"}))
+    summary = train.run(cfg, three)
+    result = evaluate.run(cfg, three)
+    assert summary["epochs"] == 25
+    assert summary["val_accuracy"] >= 0.9 and result["accuracy"] >= 0.9, (summary, result)
+    assert result["top5_error"] == "n/a: 5 or fewer classes"
+
+
+def test_evaluation_reports_both_views_top5_f1_and_mistakes(six):
+    result = json.loads((six / paths.EVAL).read_text())
+    classes = json.loads((six / paths.STATS).read_text())["classes"]
+    assert result["view"] == "ten_crop" and result["images"] == 36
+    for view in ("centre_crop", "ten_crop"):
+        scores = result[view]
+        assert set(scores["per_class"]) == set(classes)
+        assert isinstance(scores["top5_error"], float) and 0 <= scores["top5_error"] <= scores["top1_error"]
+        assert scores["top1_error"] == pytest.approx(1 - scores["accuracy"], abs=1e-4)
+        for row in scores["per_class"].values():
+            p, r = row["precision"], row["recall"]
+            assert row["f1"] == pytest.approx(2 * p * r / (p + r) if p + r else 0.0, abs=2e-4)
+    assert result["accuracy"] == result["ten_crop"]["accuracy"]
+    confusion = pd.read_csv(six / paths.CONFUSION)
+    wrong = confusion[confusion.actual != confusion.predicted]
+    assert result["misclassified_count"] == len(wrong)
+    listed = result["misclassified"]
+    assert len(listed) == min(len(wrong), 20)
+    assert [m["probability"] for m in listed] == sorted((m["probability"] for m in listed), reverse=True)
+    assert all((six / m["image"]).is_file() and m["actual"] != m["predicted"] for m in listed)
+
+
+def test_evaluation_model_card_adds_metrics_to_the_training_card(six):
+    card = json.loads((six / paths.EVAL_CARD).read_text())
+    trained = json.loads((six / paths.MODEL_CARD).read_text())
+    assert {k: card[k] for k in trained} == trained
+    assert card["model_sha256"] == files.sha256_file(six / paths.MODEL)
+    assert card["evaluation"]["accuracy"] == json.loads((six / paths.EVAL).read_text())["accuracy"]
+    assert trained["normalisation"]["std"] and len(trained["normalisation"]["mean"]) == 3
+    assert trained["data"]["index_sha256"] == files.sha256_file(six / paths.AUGMENT_INDEX)
+    assert trained["params"]["model"]["width"] == 0.125 and trained["input_size"] == 67
+
+
+def test_ten_crop_probabilities_are_the_mean_of_the_ten_views(six):
+    from tasks import pipeline
+
+    cfg = validate(params())
+    val = pd.read_csv(six / paths.AUGMENT_INDEX).query("subset == 'validation'").head(3)
+    val["path"] = [str(six / p) for p in val["path"]]
+    net = keras.models.load_model(six / paths.MODEL, compile=False)
+    probabilities = evaluate.predict_views(net, pipeline.eval_views(val, cfg.augment, 2, ten=True))
+    assert probabilities.shape == (3, 10, 6)
+    for i, path in enumerate(val["path"]):
+        crops = pipeline.ten_crops(pipeline.load(path), 67).numpy()
+        np.testing.assert_allclose(probabilities[i], net.predict(crops, verbose=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(probabilities[i].mean(0).sum(), 1.0, rtol=1e-5)
+
+
+def test_scores_give_top_k_errors():
+    probabilities = np.array([[0.1, 0.2, 0.3, 0.05, 0.05, 0.1, 0.2],   # true 0: rank 4 -> top-5 hit, top-1 miss
+                              [0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],  # true 0: top-1 hit
+                              [0.3, 0.25, 0.2, 0.15, 0.05, 0.04, 0.01]])  # true 6: rank 7 -> miss
+    result = evaluate.scores(np.array([0, 0, 6]), probabilities, [f"c{i}" for i in range(7)])
+    assert result["top1_error"] == pytest.approx(2 / 3, abs=1e-4) and result["top5_error"] == pytest.approx(1 / 3, abs=1e-4)
+    assert result["per_class"]["c0"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+
+
+def write_params(workdir: Path, **sections) -> None:
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params(**sections), sort_keys=False))
+
+
+def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(three):
+    """A real `alexnet stage train`, killed once it has checkpointed, then run again to the end."""
+    epochs = 25
+    write_params(three, train={"epochs": epochs})
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    folder = train.resume_folder(validate(params(train={"epochs": epochs})), three)
+    log = three / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(["alexnet", "stage", "train"], cwd=three, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((folder / "state.json").is_file() and json.loads((folder / "state.json").read_text())["epoch"] >= 2):
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+    finally:
+        first.wait(60)
+    assert first.returncode == -signal.SIGKILL
+    done = json.loads((folder / "state.json").read_text())["epoch"]
+    assert 2 <= done < epochs
+    second = subprocess.run(["alexnet", "stage", "train"], cwd=three, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming after epoch {done}" in second.stdout
+    history = pd.read_csv(three / paths.HISTORY)
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    assert history[["loss", "accuracy", "val_loss", "val_accuracy"]].notna().all().all()
+    card = json.loads((three / paths.MODEL_CARD).read_text())
+    assert card["resumed_after_epoch"] == done and card["epochs"] == epochs
+    assert not folder.exists()  # a finished training leaves no checkpoint behind
+    assert keras.models.load_model(three / paths.MODEL, compile=False).count_params() == card["parameters"]
+
+
+def test_checkpoints_of_other_trainings_are_not_resumed(three):
+    cfg = validate(params(train={"epochs": 1}))
+    stale = three / train.CHECKPOINTS / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    files.write_json(stale / "state.json", {"epoch": 1, "weights": "missing.weights.h5", "history": []})
+    summary = train.run(cfg, three)
+    assert summary["resumed_after_epoch"] == 0 and not stale.exists()
+
+
+MIRRORED = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pathlib import Path
+from tasks import train
+from tasks.config import load_config
+summary = train.run(load_config("params.yaml"), Path.cwd())
+print("EPOCHS", summary["epochs"], "ACCURACY", summary["accuracy"])
+"""
+
+
+def test_training_spreads_over_two_logical_devices_with_mirrored_strategy(three):
+    """Logical devices must exist before TensorFlow starts, hence a process of its own."""
+    write_params(three, train={"epochs": 2, "batch_size": 16})
+    done = subprocess.run([sys.executable, "-c", MIRRORED], cwd=three, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MirroredStrategy over 2 devices" in done.stdout
+    assert "EPOCHS 2" in done.stdout
+    history = pd.read_csv(three / paths.HISTORY)
+    assert history["epoch"].tolist() == [1, 2] and history["loss"].notna().all()
+
+
+def test_mixed_precision_training_saves_a_float32_model(three, tmp_path):
+    cfg = validate(params(train={"epochs": 1, "mixed_precision": "bfloat16"}))
+    summary = train.run(cfg, three)
+    assert np.isfinite(summary["loss"])
+    net = keras.models.load_model(three / paths.MODEL, compile=False)
+    assert {layer.dtype_policy.name for layer in net.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # the run leaves the policy as it was
+    x = np.random.default_rng(0).uniform(0, 255, (4, 67, 67, 3)).astype("float32")
+    again = keras.models.load_model(three / paths.MODEL, compile=False)
+    np.testing.assert_array_equal(net.predict(x, verbose=0), again.predict(x, verbose=0))
+
+
+def test_device_and_precision_choices_on_cpu():
+    assert train.precision_policy("auto") == "float32"  # no GPU here
+    assert [train.precision_policy(s) for s in ("off", "float16", "bfloat16")] == [
+        "float32", "mixed_float16", "mixed_bfloat16"]
+    assert train.strategy().num_replicas_in_sync == 1
+    assert train.device_note(1, "float32") == "training on CPU (no GPU visible), precision float32"
+
+
+def test_plateau_and_early_stopping_watch_validation_accuracy(tmp_path):
+    cfg = validate(params(train={"schedule": "plateau", "patience": 3, "early_stopping": 7}))
+    found = train.callbacks(cfg, tmp_path, train.Checkpoint(None, []), 0, validate=True)
+    plateau = next(c for c in found if isinstance(c, keras.callbacks.ReduceLROnPlateau))
+    stop = next(c for c in found if isinstance(c, keras.callbacks.EarlyStopping))
+    assert (plateau.monitor, plateau.factor, plateau.patience) == ("val_accuracy", 0.1, 3)
+    assert (stop.monitor, stop.patience) == ("val_accuracy", 7)
+    assert plateau.mode == stop.mode == "max"  # higher is better
