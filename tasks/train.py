@@ -262,10 +262,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
             "validation_images": len(val_index),
         },
         "epochs": len(history),
-        "resumed_after_epoch": resumed,
         "final_epoch": final,
-        "train_seconds": round(seconds, 1),
-    }
+    }  # no timings or run details here: the card is versioned data, a function of its inputs
     files.write_json(workdir / paths.MODEL_CARD, card)
     if cfg.train.resume:  # finished: the checkpoint has served
         shutil.rmtree(resume_folder(cfg, workdir), ignore_errors=True)
