@@ -12,6 +12,7 @@ from tasks.config import Config
 OUTPUTS = {
     "model": paths.MODEL,
     "model card": paths.MODEL_CARD,
+    "evaluated model card": paths.EVAL_CARD,
     "metrics": paths.EVAL,
     "training history": paths.HISTORY,
     "plots": "plots/",
@@ -27,7 +28,8 @@ def text(summaries: dict) -> str:
         lines.append(f"    {cls:<12} {download['ok'].get(cls, 0):>5} / {download.get('failed', {}).get(cls, 0)}")
     if "evaluate" in summaries:
         ev = summaries["evaluate"]
-        lines.append(f"  validation accuracy: {ev['accuracy']:.1%} on {ev['images']} images")
+        view = {"ten_crop": ", 10 crops", "centre_crop": ", centre crop"}.get(ev.get("view"), "")
+        lines.append(f"  validation accuracy: {ev['accuracy']:.1%} on {ev['images']} images{view}")
     lines += [f"  {name + ':':<18} {path}" for name, path in OUTPUTS.items()]
     dvc = summaries.get("dvc", {})
     if dvc.get("committed"):
