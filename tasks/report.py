@@ -30,7 +30,7 @@ def text(summaries: dict) -> str:
         ev = summaries["evaluate"]
         view = {"ten_crop": ", 10 crops", "centre_crop": ", centre crop"}.get(ev.get("view"), "")
         lines.append(f"  validation accuracy: {ev['accuracy']:.1%} on {ev['images']} images{view}")
-    lines += [f"  {name + ':':<18} {path}" for name, path in OUTPUTS.items()]
+    lines += [f"  {name + ':':<22} {path}" for name, path in OUTPUTS.items()]
     dvc = summaries.get("dvc", {})
     if dvc.get("committed"):
         lines.append(f"  DVC: committed {', '.join(dvc['committed'])}")
