@@ -34,6 +34,7 @@ def alexnet(params_file: str = PARAMS_FILE, overrides: list[str] | None = None) 
     futures = {"fetch_urls": urls, "download": images, "split": split, "augment": augmented,
                "train": model, "evaluate": evaluation}
     summaries = {name: future.result() for name, future in futures.items()}
-    summaries["dvc"] = versioning.commit(cfg, Path.cwd())
+    keys = {name: summary["cache_key"] for name, summary in summaries.items()}
+    summaries["dvc"] = versioning.commit(cfg, Path.cwd(), keys)
     report.publish(summaries, cfg, Path.cwd())
     return summaries

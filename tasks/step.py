@@ -134,11 +134,16 @@ def record_outputs(step: Step, workdir: Path, key: str) -> dict[str, str | None]
     return digests
 
 
-def outputs_intact(step: Step, workdir: Path, key: str) -> bool:
+def recorded_outputs(workdir: Path, key: str) -> dict[str, str | None] | None:
+    """Digests of the outputs the run behind `key` produced, if it finished."""
     record = _outputs_record(workdir, key)
-    if not record.is_file():
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def outputs_intact(step: Step, workdir: Path, key: str) -> bool:
+    expected = recorded_outputs(workdir, key)
+    if expected is None:
         return False
-    expected = json.loads(record.read_text())
     return all(v is not None for v in expected.values()) and expected == files.digest_paths(
         list(step.all_outputs), workdir
     )
@@ -178,7 +183,7 @@ def step_task(step: Step, run: Callable[[Config, Path], Summary]):
         key = cache_key(step, cfg, workdir)
         summary = execute(step, run, cfg, workdir)
         record_outputs(step, workdir, key)
-        return summary
+        return {**summary, "cache_key": key}  # what this result stands for (a cache hit returns it too)
 
     body.__name__ = body.__qualname__ = step.name
     body.__doc__ = run.__doc__

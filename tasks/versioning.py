@@ -4,17 +4,26 @@ After a flow run, `dvc commit -f` records the outputs of every step whose effect
 params equal what params.yaml says, so `dvc status` is clean and `dvc repro` has
 nothing to do. A step run with overrides (and every step after it) is left
 uncommitted: its outputs do not correspond to params.yaml, and DVC says so.
+
+DVC takes a second or two to start; a run whose steps all stand for what the last
+commit recorded (same cache keys and the same outputs, so same inputs, code and
+results) while DVC's files are untouched since then has nothing to commit, and
+skips it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
+from tasks import files
 from tasks.config import PARAMS_FILE, Config, ConfigError, load_config
-from tasks.step import STEP_NAMES, StepError, load_step
+from tasks.step import STATE_DIR, STEP_NAMES, StepError, load_step, recorded_outputs
+
+SYNCED = STATE_DIR / "dvc-synced.json"  # what the last commit (and push) recorded
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +51,25 @@ def dvc(*args: str, workdir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, capture_output=True, text=True)
 
 
-def commit(cfg: Config, workdir: Path) -> dict:
-    """Record this run's outputs in DVC; returns what was committed and what was not."""
+def _state(workdir: Path, keys: dict[str, str], stages: list[str], pushed: bool) -> dict:
+    """What a commit records: each step's key and outputs, DVC's own files, the push."""
+    steps = {s: [keys.get(s), keys.get(s) and recorded_outputs(workdir, keys[s])] for s in stages}
+    dvc_files = {name: files.digest_path(workdir / name) for name in ("dvc.yaml", "dvc.lock", PARAMS_FILE)}
+    return {"steps": steps, "files": dvc_files, "pushed": pushed}
+
+
+def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> dict:
+    """Record this run's outputs in DVC; returns what was committed and what was not.
+
+    `keys` are the steps' cache keys in this run; with them, a run that changes
+    nothing DVC has recorded skips the commit.
+    """
     if not is_dvc_repo(workdir):
         return {"committed": [], "note": "not a DVC repository; nothing committed"}
     stages = steps_matching_params_file(cfg, workdir)
+    synced = workdir / SYNCED
+    if keys and synced.is_file() and json.loads(synced.read_text()) == _state(workdir, keys, stages, cfg.dvc.push):
+        return {"committed": [], "pushed": [], "note": "already in sync with this run's outputs"}
     skipped = [s for s in STEP_NAMES if s not in stages]
     note = ""
     if skipped:
@@ -64,4 +87,6 @@ def commit(cfg: Config, workdir: Path) -> dict:
         if done.returncode != 0:
             raise StepError(f"dvc push failed: {done.stderr.strip() or done.stdout.strip()}")
         pushed = stages
+    if keys:
+        files.write_json(synced, _state(workdir, keys, stages, cfg.dvc.push))
     return {"committed": stages, "pushed": pushed, "note": note}

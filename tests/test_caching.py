@@ -7,6 +7,7 @@ ran (`Completed`) and which were reused (`Cached`).
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -29,15 +30,20 @@ def project(prefect_server, tmp_path_factory):
         args = ["alexnet", "run"]
         for override in overrides:
             args += ["-S", override]
-        run(args, project, env=env)
+        done.output = run(args, project, env=env).stdout
         return task_states(prefect_server.api, latest_flow_run(prefect_server.api)["id"])
 
+    done = SimpleNamespace(dir=project, flow=flow, output="")
     assert flow() == dict.fromkeys(STEP_NAMES, "Completed")
-    return SimpleNamespace(dir=project, flow=flow)
+    return done
 
 
 def test_nothing_changed_reuses_every_step(project):
     assert project.flow() == CACHED
+    # ...and DVC, which the first run committed to, has nothing new to record.
+    assert "DVC: already in sync with this run's outputs" in project.output
+    status = run([sys.executable, "-m", "dvc", "status"], project.dir).stdout
+    assert status.strip() == "Data and pipelines are up to date."
 
 
 def test_a_train_param_reruns_train_and_evaluate_only(project):
