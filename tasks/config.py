@@ -151,9 +151,11 @@ class Download(Section):
         default_factory=list)
     # URLs per chunk: the unit of work a task runs and a killed run resumes from.
     chunk_size: int = Field(default=256, ge=1)
-    # Where chunks run inside a Prefect flow: threads of the flow's process, or a
-    # Dask cluster (a scheduler at dask_address, else a local one of dask_workers processes).
-    task_runner: Literal["thread", "dask"] = "thread"
+    # Where chunks run: threads of the step's process, `processes` local processes
+    # (default: one per CPU core; each runs `workers` downloads), or a Dask cluster
+    # (a scheduler at dask_address, else a local one of dask_workers processes).
+    task_runner: Literal["thread", "process", "dask"] = "thread"
+    processes: int | None = Field(default=None, ge=1, le=256)
     dask_address: str | None = None
     dask_workers: int = Field(default=2, ge=1)
 

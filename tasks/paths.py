@@ -3,6 +3,7 @@
 These names are the contract between the steps, dvc.yaml and the CLI.
 """
 
+STATE = ".alexnet"  # the pipeline's own state: results, download records, checkpoints
 URLS = "data/urls"  # <class>.txt, one URL per line
 IMAGES = "data/images"  # <class>/<sha256>.<ext>
 MANIFEST = "data/manifest.csv"  # one row per (class, URL)

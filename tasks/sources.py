@@ -33,7 +33,7 @@ from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
 from tasks import files, paths, web
 from tasks.config import Data
-from tasks.step import StepError
+from tasks.errors import StepError
 
 ARCHIVE_DIR = f"{paths.URLS}/archive"  # an archive source's extracted class folders
 MAX_MEMBERS = 1_000_000  # entries an archive may hold

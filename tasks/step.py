@@ -26,22 +26,19 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
 
-from tasks import files
+from tasks import files, paths
 from tasks.config import Config
+from tasks.errors import StepError
 
 PACKAGE = "tasks"
 STEP_NAMES = ("fetch_urls", "download", "split", "augment", "train", "evaluate")
-STATE_DIR = Path(".alexnet")
+STATE_DIR = Path(paths.STATE)
 RESULTS_DIR = STATE_DIR / "results"  # Prefect result records, one per cache key
 OUTPUTS_DIR = STATE_DIR / "outputs"  # digests of the outputs each cache key produced
 
 log = logging.getLogger(__name__)
 
 Summary = dict[str, Any]
-
-
-class StepError(Exception):
-    """A step cannot go on (bad input, too few images...); the message says why."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import yaml
 from conftest import run
 from hostile import HostileServer
 from tasks import download, files, paths
+from tasks.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -67,10 +68,11 @@ def snapshot(folder: Path) -> tuple[dict[str, str], pd.DataFrame]:
     return images, manifest.drop(columns="elapsed_s")  # wall times differ from run to run
 
 
-def test_a_run_killed_with_sigkill_resumes_to_exactly_the_dataset_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("runner", ["thread", "process"])
+def test_a_run_killed_with_sigkill_resumes_to_exactly_the_dataset_of_an_uninterrupted_run(tmp_path, runner):
     with HostileServer() as killed_host, HostileServer() as clean_host:
         killed_host.slow_s = clean_host.slow_s = 0.1
-        killed = project(tmp_path / "killed", killed_host)
+        killed = project(tmp_path / "killed", killed_host, task_runner=runner, processes=2)
         clean = project(tmp_path / "clean", clean_host)
         start_and_kill(killed, records=1)
         start_and_kill(killed, records=2)  # a resumed run, killed again
@@ -110,11 +112,11 @@ def task_runs(api: str, flow_run_name: str) -> list[dict]:
     return requests.post(f"{api}/task_runs/filter", json=body, timeout=10).json()
 
 
-@pytest.mark.parametrize("runner", ["thread", "dask"])
+@pytest.mark.parametrize("runner", ["thread", "process", "dask"])
 def test_chunks_are_download_chunk_tasks_on_the_configured_task_runner(tmp_path, prefect_server, runner):
     with HostileServer() as host:
         host.slow_s = 0.0
-        folder = project(tmp_path / runner, host, task_runner=runner, dask_workers=2)
+        folder = project(tmp_path / runner, host, task_runner=runner, dask_workers=2, processes=2)
         (folder / "only.py").write_text(SCRIPT)
         env = {**prefect_server.env, "PREFECT_HOME": str(tmp_path / "home")}
         done = run(["python", "only.py"], folder, env=env, timeout=300)
@@ -129,6 +131,22 @@ def test_chunks_are_download_chunk_tasks_on_the_configured_task_runner(tmp_path,
     chunks = 7 + 6  # a: 35 URLs, b: 30 URLs, 5 per chunk
     assert names == ["download"] + ["download_chunk"] * chunks
     assert {r["state"]["name"] for r in runs} == {"Completed"}
+    assert summary["processes"] == (1 if runner == "thread" else 2)  # the chunks ran on both workers
     if runner == "dask":
         assert "LocalCluster" in done.stdout + done.stderr
     pd.testing.assert_frame_equal(snapshot(folder)[1], snapshot(reference)[1])
+
+
+@pytest.mark.parametrize("runner", ["thread", "process"])
+def test_without_prefect_chunks_run_on_threads_or_worker_processes_alike(tmp_path, runner):
+    with HostileServer() as host:
+        host.slow_s = 0.0
+        folder = project(tmp_path / runner, host, task_runner=runner, processes=2)
+        reference = project(tmp_path / "reference", host)
+        summary = download.run(load_config(folder / "params.yaml"), folder)
+        run(["alexnet", "stage", "download"], reference)
+    assert summary["processes"] == (1 if runner == "thread" else 2)
+    assert summary["ok"] == {"a": 30, "b": 30}
+    (images, manifest), (reference_images, reference_manifest) = snapshot(folder), snapshot(reference)
+    assert images == reference_images
+    pd.testing.assert_frame_equal(manifest, reference_manifest)

@@ -1,0 +1,238 @@
+"""Fetch, validate and store URLs, a chunk at a time, in whatever process runs the chunk.
+
+The download step (`tasks.download`) plans the chunks and merges their records;
+this module is what a chunk needs, and nothing heavier (no Prefect, no pandas),
+so that worker processes start fast. Each process keeps one `Downloader` (its
+download threads and connection pools) for all the chunks it runs.
+
+Each chunk records its finished rows in one CSV, written atomically under
+.alexnet/download/, and images are written atomically under their digest, so a run
+killed at any moment resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from tasks import files, images, paths, sources, web
+from tasks.config import Config, Download
+
+COLUMNS = ["url", "class", "status", "reason", "path", "sha256", "width", "height", "bytes", "attempts", "elapsed_s"]
+RECORDS_DIR = Path(paths.STATE) / "download"
+
+
+@dataclass(slots=True)  # one per URL, so kept small
+class Row:
+    url: str
+    cls: str
+    status: str = "failed"
+    reason: str = ""
+    path: str = ""
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    bytes: int = 0
+    attempts: int = 0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "Row":
+        rec = {**rec, "cls": rec["class"]}
+        kinds = {f.name: f.type for f in fields(cls)}
+        convert = {"int": int, "float": float, "str": str}
+        row = cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
+        row.cls, row.status, row.reason = sys.intern(row.cls), sys.intern(row.status), sys.intern(row.reason)
+        return row
+
+    @property
+    def outcome(self) -> str:
+        return "ok" if self.status == "ok" else self.reason
+
+
+def write_rows(target: Path, rows: list[Row]) -> None:
+    """Rows as CSV with the manifest's columns, written atomically."""
+    with files.atomic_path(target) as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        writer.writerows([getattr(r, "cls" if c == "class" else c) for c in COLUMNS] for r in rows)
+
+
+def read_rows(path: Path) -> Iterator[Row]:
+    with open(path, newline="") as rows:
+        yield from (Row.from_record(rec) for rec in csv.DictReader(rows))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """URLs of one class, downloaded by one task."""
+
+    cls: str
+    urls: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(json.dumps([self.cls, self.urls]).encode()).hexdigest()[:24]
+
+
+def limits(cfg: Download) -> web.Limits:
+    return web.Limits(
+        timeout_s=cfg.timeout_s, connect_timeout_s=cfg.connect_timeout_s, read_timeout_s=cfg.read_timeout_s,
+        max_bytes=cfg.max_bytes, retries=cfg.retries, backoff_s=cfg.backoff_s, max_redirects=cfg.max_redirects,
+        per_host=cfg.per_host, allowed_hosts=frozenset(cfg.allowed_hosts),
+    )
+
+
+# --- fetch, validate, store ------------------------------------------------------
+
+
+class Downloader:
+    """A process's download threads and HTTP client, shared by the chunks it runs."""
+
+    def __init__(self, cfg: Config, workdir: Path):
+        self.cfg, self.workdir = cfg, workdir
+        self.fetcher = web.Fetcher(limits(cfg.download))
+        self.pool = ThreadPoolExecutor(cfg.download.workers, thread_name_prefix="download")
+        self.roots = sources.local_roots(cfg.data, workdir)
+        self.placeholders = frozenset(cfg.download.placeholder_digests)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+        self.fetcher.close()
+
+    def fetch(self, url: str) -> web.Fetched:
+        if url.startswith("file:"):
+            return self.read_local(url)
+        if problem := web.url_problem(url):
+            return web.Fetched(b"", problem)
+        return self.fetcher.get(url)
+
+    def read_local(self, entry: str) -> web.Fetched:
+        """A local source's file, read only from the folders the params name."""
+        try:
+            path = sources.local_path(entry, self.workdir).resolve()
+        except ValueError:
+            return web.Fetched(b"", "invalid_url")
+        if not any(path.is_relative_to(root) for root in self.roots):
+            return web.Fetched(b"", "blocked_path")
+        if not path.is_file():
+            return web.Fetched(b"", "missing_file", 1)
+        if path.stat().st_size > self.cfg.download.max_bytes:
+            return web.Fetched(b"", "too_large", 1)
+        return web.Fetched(path.read_bytes(), "", 1)
+
+    def process(self, url: str, cls: str) -> Row:
+        """Fetch, validate and store one URL; every outcome is a row."""
+        cfg = self.cfg.download
+        row, start = Row(url=url, cls=cls), time.monotonic()
+        got = self.fetch(url)
+        row.reason, row.attempts, row.bytes = got.reason, got.attempts, len(got.body)
+        if got.ok:
+            checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders)
+            row.reason, row.sha256 = checked.reason, checked.sha256
+            if checked.image is not None:
+                stored, ext, (row.height, row.width) = images.for_store(got.body, checked, cfg.max_side)
+                row.path = f"{paths.IMAGES}/{cls}/{checked.sha256}.{ext}"
+                target = self.workdir / row.path
+                if not target.is_file():
+                    files.write_bytes(target, stored)
+                row.status = "ok"
+        row.elapsed_s = round(time.monotonic() - start, 3)
+        return row
+
+
+_current: Downloader | None = None  # this process's downloader
+_current_lock = threading.Lock()
+
+
+def shared(cfg: Config, workdir: Path) -> Downloader:
+    """This process's downloader for these params: its threads and connections outlive one chunk."""
+    global _current
+    with _current_lock:
+        if _current is None or _current.cfg != cfg or _current.workdir != workdir:
+            if _current is not None:
+                _current.close()
+            _current = Downloader(cfg, workdir)
+        return _current
+
+
+def close_shared() -> None:
+    """Stop this process's download threads and close its connections (the step's end)."""
+    global _current
+    with _current_lock:
+        if _current is not None:
+            _current.close()
+            _current = None
+
+
+# --- records of finished chunks -----------------------------------------------------
+
+
+class Records:
+    """Finished rows, one CSV per chunk, in .alexnet/download/<settings>/.
+
+    The folder is keyed by the settings that decide what an `ok` row stores, so a
+    change of, say, `download.max_side` never reuses images stored under the old one.
+    """
+
+    def __init__(self, workdir: Path, cfg: Download):
+        settings = {k: getattr(cfg, k) for k in ("min_side", "max_side", "max_pixels", "max_bytes")}
+        settings["placeholders"] = sorted(cfg.placeholder_digests)
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.workdir, self.folder = workdir, workdir / RECORDS_DIR / key
+
+    def start(self) -> None:
+        """Begin a run: keep the `ok` rows whose image is still on disk, forget the rest.
+
+        Failed URLs get another try in every run; the files are replaced atomically,
+        so a kill in here loses nothing.
+        """
+        if self.folder.parent.is_dir():
+            for other in self.folder.parent.iterdir():
+                if other != self.folder:
+                    shutil.rmtree(other, ignore_errors=True)
+        files.remove_stale_temps(self.folder)
+        old = sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []
+        keep = [r for r in self.read().values() if r.status == "ok" and (self.workdir / r.path).is_file()]
+        if keep:
+            write_rows(self.folder / "carried.csv", keep)
+        for path in old:
+            if path.name != "carried.csv" or not keep:
+                path.unlink()
+
+    def read(self) -> dict[tuple[str, str], Row]:
+        known: dict[tuple[str, str], Row] = {}
+        for path in sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []:
+            for row in read_rows(path):
+                if (row.cls, row.url) not in known or row.status == "ok":
+                    known[(row.cls, row.url)] = row
+        return known
+
+    def write(self, chunk: Chunk, rows: list[Row]) -> None:
+        write_rows(self.folder / f"{chunk.id}.csv", rows)
+
+
+# --- chunks ------------------------------------------------------------------------
+
+
+def download_chunk(cfg: Config, chunk: Chunk, workdir: str | Path, on_url: Callable[[], None] | None = None) -> dict:
+    """Download one chunk's URLs and record its rows; a small summary for the caller."""
+    workdir = Path(workdir)
+    rows = []
+    downloader = shared(cfg, workdir)
+    for future in [downloader.pool.submit(downloader.process, url, chunk.cls) for url in chunk.urls]:
+        rows.append(future.result())
+        if on_url:
+            on_url()
+    Records(workdir, cfg.download).write(chunk, rows)
+    return {"class": chunk.cls, "urls": len(rows), "ok": sum(r.status == "ok" for r in rows), "pid": os.getpid()}
