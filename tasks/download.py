@@ -83,7 +83,7 @@ def _task_runner(cfg: Download, in_flight: int):
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
     if cfg.task_runner == "process":
-        return ProcessPoolTaskRunner(max_workers=processes(cfg))
+        return ProcessPoolTaskRunner(max_workers=processes(cfg), initializer=downloader.exit_with_parent)
     return ThreadPoolTaskRunner(max_workers=in_flight)
 
 
@@ -111,7 +111,8 @@ def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Cal
         # Spawned, not forked: this process has threads running. Each worker process
         # keeps its own downloader (tasks.downloader imports nothing heavy, so they start fast).
         spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(processes(cfg.download), mp_context=spawn) as pool:
+        with ProcessPoolExecutor(processes(cfg.download), mp_context=spawn,
+                                 initializer=downloader.exit_with_parent) as pool:
 
             def run_in_processes(chunks: list[Chunk]) -> list[dict]:
                 futures = [pool.submit(download_chunk, cfg, c, workdir) for c in chunks]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -164,6 +165,17 @@ def shared(cfg: Config, workdir: Path) -> Downloader:
                 _current.close()
             _current = Downloader(cfg, workdir)
         return _current
+
+
+def exit_with_parent() -> None:
+    """In a worker process: end it when the process that started it ends, even by SIGKILL.
+
+    A worker of a killed run would otherwise live on (its task queue never
+    closes) and keep downloading into the folder the next run works in.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), name="exit-with-parent", daemon=True).start()
 
 
 def close_shared() -> None:

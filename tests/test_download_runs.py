@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import requests
 import yaml
@@ -57,7 +60,21 @@ def start_and_kill(folder: Path, records: int) -> None:
         time.sleep(0.01)
     process.kill()
     process.wait()
+    gone = time.monotonic() + 10
+    while workers_of(folder) and time.monotonic() < gone:  # worker processes end with the run
+        time.sleep(0.05)
+    assert not workers_of(folder), "worker processes of the killed run are still running"
     assert not (folder / paths.MANIFEST).exists(), "killed too late: the run had finished"
+
+
+def workers_of(folder: Path) -> list[psutil.Process]:
+    """Processes still working in `folder` (a killed run's download workers, say)."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if Path(proc.cwd()) == folder and proc.pid != os.getpid():
+                found.append(proc)
+    return found
 
 
 def snapshot(folder: Path) -> tuple[dict[str, str], pd.DataFrame]:
