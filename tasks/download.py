@@ -24,11 +24,14 @@ outcomes, never on timing, so a resumed run plans what an uninterrupted one did.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import math
 import multiprocessing
 import os
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -137,47 +140,47 @@ def grown_window(window: int, kept: int, cap: int, n: int) -> int:
     return min(n, window + math.ceil((cap - kept) / rate * 1.1) + 4)
 
 
-def resolve(lists: dict[str, list[str]], known: dict, windows: dict[str, int], cap: int | None):
-    """The manifest's rows and the images kept per class, from the fetched rows.
+def resolve(lists: dict[str, list[str]], known: dict, windows: dict[str, int], cap: int | None) -> Iterator[Row]:
+    """The manifest's rows, in list order, from the fetched rows (which it leaves as they are).
 
-    In list order per class: an image under two classes is a label conflict (kept in
-    neither), a repeat within a class is a duplicate (kept once), and past the cap
-    an image is skipped; URLs beyond the window were never needed.
+    Per class: an image under two classes is a label conflict (kept in neither), a
+    repeat within a class is a duplicate (kept once), and past the cap an image is
+    skipped; URLs beyond the window were never needed. Rows are yielded one at a
+    time, so the manifest never exists twice in memory.
     """
-    owners: dict[str, set[str]] = defaultdict(set)
+    owner: dict[str, str] = {}  # sha256 -> the class it came under, or "" under several
     for cls, urls in lists.items():
-        for url in urls[: windows[cls]]:
+        for url in itertools.islice(urls, windows[cls]):
             row = known[(cls, url)]
             if row.status == "ok":
-                owners[row.sha256].add(cls)
-    rows, kept = [], {}
+                owner[row.sha256] = cls if owner.get(row.sha256, cls) == cls else ""
     for cls, urls in lists.items():
         seen: set[str] = set()
-        for url in urls[: windows[cls]]:
-            row = replace(known[(cls, url)])
+        for url in itertools.islice(urls, windows[cls]):
+            row = known[(cls, url)]
             if row.status == "ok":
-                if len(owners[row.sha256]) > 1:
-                    row.status, row.reason, row.path = "failed", "label_conflict", ""
+                if not owner[row.sha256]:
+                    row = replace(row, status="failed", reason="label_conflict", path="")
                 elif row.sha256 in seen:
-                    row.status, row.reason, row.path = "skipped", "duplicate", ""
+                    row = replace(row, status="skipped", reason="duplicate", path="")
                 elif cap is not None and len(seen) >= cap:
-                    row.status, row.reason, row.path = "skipped", "enough_images", ""
+                    row = replace(row, status="skipped", reason="enough_images", path="")
                 else:
                     seen.add(row.sha256)
-            rows.append(row)
-        rows += [Row(url=u, cls=cls, status="skipped", reason="enough_images") for u in urls[windows[cls]:]]
-        kept[cls] = len(seen)
-    return rows, kept
+            yield row
+        for url in itertools.islice(urls, windows[cls], None):
+            yield Row(url=url, cls=cls, status="skipped", reason="enough_images")
 
 
 def plan(lists: dict[str, list[str]], known: dict, cap: int | None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """(windows, URLs still to fetch): grow each short class's window until all are fetched."""
     windows = {cls: first_window(len(urls), cap) for cls, urls in lists.items()}
     while True:
-        pending = [(c, u) for c, urls in lists.items() for u in urls[: windows[c]] if (c, u) not in known]
+        pending = [(c, u) for c, urls in lists.items() for u in itertools.islice(urls, windows[c])
+                   if (c, u) not in known]
         if pending:
             return windows, pending
-        _, kept = resolve(lists, known, windows, cap)
+        kept = Counter(row.cls for row in resolve(lists, known, windows, cap) if row.status == "ok")
         grown = {c: grown_window(windows[c], kept[c], cap, len(urls)) for c, urls in lists.items()
                  if cap is not None and kept[c] < cap and windows[c] < len(urls)}
         if not grown:
@@ -195,13 +198,22 @@ def chunks_of(pending: list[tuple[str, str]], size: int) -> list[Chunk]:
 # --- the step -----------------------------------------------------------------------------
 
 
+def fingerprint(pending: list[tuple[str, str]]) -> str:
+    digest = hashlib.sha256()
+    for cls, url in pending:
+        digest.update(f"{cls}\0{url}\n".encode())
+    return digest.hexdigest()
+
+
 def read_url_lists(cfg: Config, workdir: Path) -> dict[str, list[str]]:
     lists = {}
     for cls in cfg.data.classes:
         path = workdir / paths.URLS / f"{cls}.txt"
         if not path.is_file():
             raise StepError(f"missing URL list {path}: run the fetch_urls step first")
-        lists[cls] = list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
+        # Interned, as are the records' URLs, so that each URL is held once.
+        lines = (sys.intern(line.strip()) for line in path.read_text().splitlines() if line.strip())
+        lists[cls] = list(dict.fromkeys(lines))
     return lists
 
 
@@ -216,11 +228,29 @@ def remove_unlisted(workdir: Path, keep: set[str]) -> None:
             folder.rmdir()
 
 
-def counts_table(rows: list[Row]) -> pd.DataFrame:
-    """URLs per class and outcome (`ok`, or the reason a URL gave no image)."""
-    counts = Counter((r.cls, r.outcome) for r in rows)
-    table = pd.Series(counts, dtype=int).unstack(fill_value=0) if counts else pd.DataFrame()
-    return table.rename_axis(index="class", columns="outcome").sort_index(axis=1)
+class Tally:
+    """Counts of the manifest's rows as they stream past, and the images they keep."""
+
+    def __init__(self):
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (class, `ok` or the reason)
+        self.statuses: Counter[tuple[str, str]] = Counter()  # (class, status)
+        self.kept: set[str] = set()  # paths of the images the manifest lists
+
+    def __call__(self, rows: Iterable[Row]) -> Iterator[Row]:
+        for row in rows:
+            self.outcomes[(row.cls, row.outcome)] += 1
+            self.statuses[(row.cls, row.status)] += 1
+            if row.status == "ok":
+                self.kept.add(row.path)
+            yield row
+
+    def per_class(self, status: str) -> dict[str, int]:
+        return {cls: n for (cls, s), n in self.statuses.items() if s == status}
+
+    def table(self) -> pd.DataFrame:
+        """URLs per class and outcome (`ok`, or the reason a URL gave no image)."""
+        table = pd.Series(self.outcomes, dtype=int).unstack(fill_value=0) if self.outcomes else pd.DataFrame()
+        return table.rename_axis(index="class", columns="outcome").sort_index(axis=1)
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
@@ -234,29 +264,31 @@ def run(cfg: Config, workdir: Path) -> Summary:
     with Progress("download", total, unit="url") as bar:
         try:
             with chunk_runner(cfg, workdir, bar) as run_chunks:
-                last: list = []
+                before = ""  # the last round's pending URLs (a digest: the list can be long)
                 pids: set[int] = set()  # the processes that downloaded
                 while True:
+                    known = None  # the last round's rows go before the new ones are read
                     known = records.read()
                     windows, pending = plan(lists, known, cap)
                     if not pending:
                         break
-                    if pending == last:
+                    if (last := fingerprint(pending)) == before:
                         raise StepError(f"chunks finished but left no records in {records.folder}: "
                                         "do all task runner workers see this folder?")
+                    before = last
                     pids |= {done["pid"] for done in run_chunks(chunks_of(pending, cfg.download.chunk_size))}
-                    last = pending
+                    del pending
         finally:
             downloader.close_shared()  # chunks run in this process shared its threads and connections
         bar.update(total - sum(windows.values()))  # URLs never needed
-    rows, _ = resolve(lists, known, windows, cap)
-    del known  # the rows are the manifest now
-    remove_unlisted(workdir, {r.path for r in rows if r.status == "ok"})
-    write_rows(workdir / paths.MANIFEST, rows)
+    tally = Tally()
+    write_rows(workdir / paths.MANIFEST, tally(resolve(lists, known, windows, cap)))
+    del known
+    remove_unlisted(workdir, tally.kept)
 
-    table = counts_table(rows)
+    table = tally.table()
     print(f"download: URLs per class and outcome\n{table.to_string()}")
-    ok = Counter(r.cls for r in rows if r.status == "ok")
+    ok = tally.per_class("ok")
     short = {cls: ok.get(cls, 0) for cls in lists if ok.get(cls, 0) < cfg.download.min_images_per_class}
     if short:
         raise StepError(
@@ -265,8 +297,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
         )
     return {
         "step": STEP.name,
-        "ok": dict(ok),
-        "failed": dict(Counter(r.cls for r in rows if r.status == "failed")),
+        "ok": ok,
+        "failed": tally.per_class("failed"),
         "processes": len(pids),
         "outcomes": {cls: {k: int(v) for k, v in r.items() if v} for cls, r in table.iterrows()},
     }

@@ -21,7 +21,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -53,7 +53,8 @@ class Row:
         kinds = {f.name: f.type for f in fields(cls)}
         convert = {"int": int, "float": float, "str": str}
         row = cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
-        row.cls, row.status, row.reason = sys.intern(row.cls), sys.intern(row.status), sys.intern(row.reason)
+        row.url, row.cls = sys.intern(row.url), sys.intern(row.cls)  # shared with the URL lists
+        row.status, row.reason = sys.intern(row.status), sys.intern(row.reason)
         return row
 
     @property
@@ -61,8 +62,8 @@ class Row:
         return "ok" if self.status == "ok" else self.reason
 
 
-def write_rows(target: Path, rows: list[Row]) -> None:
-    """Rows as CSV with the manifest's columns, written atomically."""
+def write_rows(target: Path, rows: Iterable[Row]) -> None:
+    """Rows as CSV with the manifest's columns, written atomically as they come."""
     with files.atomic_path(target) as tmp, open(tmp, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(COLUMNS)

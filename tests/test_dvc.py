@@ -89,7 +89,7 @@ def test_experiments_metrics_and_plots(reproduced, tmp_path):
     params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
     assert params["train"]["epochs"] == 3 and "accuracy" in exp_metrics
 
-    diff = json.loads(run([*DVC, "metrics", "diff", "--json"], project).stdout)
+    diff = json.loads(run([*DVC, "metrics", "diff", "--all", "--json"], project).stdout)  # unchanged ones too
     assert diff["metrics/eval.json"]["accuracy"]["old"] == before["accuracy"]
 
     out = tmp_path / "plots"
