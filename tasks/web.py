@@ -17,7 +17,7 @@ the pipeline runs in. Every fetch here
 
 It speaks HTTP through urllib3, the library under requests, directly: requests'
 per-request work (sessions, cookies, hooks, environment lookups) adds nothing
-here and cost about a third of the CPU time of fetching an image.
+here and cost about a quarter of the download step's CPU time per image.
 """
 
 from __future__ import annotations
