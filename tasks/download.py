@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import downloader, files, paths, sources
 from tasks.config import Config, Download
-from tasks.downloader import COLUMNS, RECORDS_DIR, Chunk, Records, Row, download_chunk, write_rows
+from tasks.downloader import Chunk, Records, Row, download_chunk, write_rows
 from tasks.progress import Progress
 from tasks.step import Step, StepError, Summary, step_task
 

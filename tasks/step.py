@@ -28,7 +28,7 @@ from prefect.tasks import exponential_backoff
 
 from tasks import files, paths
 from tasks.config import Config
-from tasks.errors import StepError
+from tasks.errors import StepError  # noqa: F401 (the steps import it from here)
 
 PACKAGE = "tasks"
 STEP_NAMES = ("fetch_urls", "download", "split", "augment", "train", "evaluate")

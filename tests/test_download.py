@@ -14,7 +14,7 @@ import urllib3
 
 from conftest import merge
 from hostile import BODIES, HostileServer
-from tasks import download, files, paths, web
+from tasks import download, downloader, files, paths, web
 from tasks.config import validate
 from tasks.step import StepError
 
@@ -100,7 +100,7 @@ def test_every_hostile_case_gets_its_reason_and_every_good_one_is_kept(tmp_path,
     extra = {"ftp://127.0.0.1/a.jpg": "bad_scheme", "not a url": "invalid_url", "http://[::1": "invalid_url",
              f"http://127.0.0.1:{_closed_port()}/a.jpg": "connection_error"}
     manifest, summary = fetch(tmp_path, {"a": urls + list(extra), "b": [host.url("/good2.jpg")]})
-    assert list(manifest.columns) == download.COLUMNS
+    assert list(manifest.columns) == downloader.COLUMNS
     got = {u.removeprefix(host.url("")): outcome(manifest, u) for u in urls}
     assert got == EXPECTED
     assert host.finished["/slow-headers.jpg"].wait(30)

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import run
 from hostile import HostileServer
-from tasks import download, files, paths
+from tasks import download, downloader, files, paths
 from tasks.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def project(folder: Path, host: HostileServer, **download_params) -> Path:
 
 
 def chunk_records(folder: Path) -> list[Path]:
-    return [p for p in (folder / download.RECORDS_DIR).rglob("*.csv") if p.name != "carried.csv"]
+    return [p for p in (folder / downloader.RECORDS_DIR).rglob("*.csv") if p.name != "carried.csv"]
 
 
 def start_and_kill(folder: Path, records: int) -> None:

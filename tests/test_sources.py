@@ -182,7 +182,7 @@ def test_every_source_kind_feeds_the_download(tmp_path, site):
     for i in range(12):
         (site.root / f"{i}.jpg").write_bytes(jpeg(photo(100 + i)))
     img = [f"{site.base}/{i}.jpg" for i in range(12)]
-    (site.root / "gallery.html").write_text(f"<img src='0.jpg'><a href='/1.jpg'>big</a><img srcset='2.jpg 2x'>")
+    (site.root / "gallery.html").write_text("<img src='0.jpg'><a href='/1.jpg'>big</a><img srcset='2.jpg 2x'>")
     (work / "lists" / "own.txt").write_text(f"{img[3]}\r\n{img[4]}\r\nnot a url\r\n")
     (site.root / "fall11_urls.txt").write_text(
         f"n00000003_1\t{img[5]}\nn00000099_1\t{img[0]}\nn00000003_2\t{img[6]}\n")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run, tiny_params
-from tasks import augment, download, evaluate, fetch_urls, files, images, mirror, paths, sources, split, train
+from tasks import augment, download, downloader, evaluate, fetch_urls, images, mirror, paths, sources, split, train
 from tasks.config import validate
 from tasks.step import StepError
 
@@ -66,7 +66,7 @@ def test_fetch_urls_fails_clearly_when_the_source_is_down(tmp_path, port):
 
 def test_download_keeps_valid_images_under_digest_names(work, cfg):
     rows = manifest(work)
-    assert list(rows.columns) == download.COLUMNS
+    assert list(rows.columns) == downloader.COLUMNS
     ok = rows[rows["status"] == "ok"]
     assert ok.groupby("class").size().to_dict() == {"bikes": 24, "ships": 24}
     for row in ok.itertuples():
@@ -119,9 +119,9 @@ def test_download_rerun_reuses_stored_images(work, cfg, tmp_path, source, port):
     """A rerun fetches nothing it already has: with the source gone, good rows stay good."""
     copy = tmp_path / "copy"
     shutil.copytree(work / "data", copy / "data")
-    shutil.copytree(work / download.RECORDS_DIR, copy / download.RECORDS_DIR)
+    shutil.copytree(work / downloader.RECORDS_DIR, copy / downloader.RECORDS_DIR)
     # Point every URL (lists and the records of finished chunks) at a port where nothing answers.
-    for path in [*(copy / paths.URLS).glob("*.txt"), *(copy / download.RECORDS_DIR).rglob("*.csv")]:
+    for path in [*(copy / paths.URLS).glob("*.txt"), *(copy / downloader.RECORDS_DIR).rglob("*.csv")]:
         path.write_text(path.read_text().replace(source.base_url, f"http://127.0.0.1:{port}"))
     offline = cfg.model_copy(update={"download": cfg.download.model_copy(update={"retries": 0, "timeout_s": 1})})
     download.run(offline, copy)
