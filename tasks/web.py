@@ -38,8 +38,8 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (ConnectTimeoutError, DecodeError, HTTPError, LocationValueError, NameResolutionError,
-                                NewConnectionError, ProtocolError, ReadTimeoutError, SSLError)
+from urllib3.exceptions import (DecodeError, HTTPError, NameResolutionError, NewConnectionError, ProtocolError,
+                                ReadTimeoutError, SSLError)
 from urllib3.exceptions import TimeoutError as HTTPTimeoutError
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
@@ -319,14 +319,14 @@ class Fetcher:
                                       timeout=timeout)
         except BlockedHost:  # raised while connecting; urllib3 lets it through
             raise _Attempt("blocked_host") from None
-        except (LocationValueError, ValueError, UnicodeError):  # ValueError: http.client's InvalidURL
+        except ValueError:  # urllib3's LocationValueError, http.client's InvalidURL, a UnicodeError
             raise _Attempt("invalid_url") from None
         except (HTTPError, OSError) as exc:
             if deadline.left() <= 0:  # cut by the watchdog
                 raise _Attempt("timeout") from None
             if isinstance(exc, SSLError):
                 raise _Attempt("tls_error") from None
-            if isinstance(exc, (ConnectTimeoutError, HTTPTimeoutError)) and not isinstance(exc, NewConnectionError):
+            if isinstance(exc, HTTPTimeoutError) and not isinstance(exc, NewConnectionError):  # connect or read
                 raise _Attempt("timeout", transient=True) from None
             raise _Attempt("connection_error", transient=True) from None
 
