@@ -153,7 +153,8 @@ class Download(Section):
     chunk_size: int = Field(default=256, ge=1)
     # Where chunks run: threads of the step's process, `processes` local processes
     # (default: one per CPU core; each runs `workers` downloads), or a Dask cluster
-    # (a scheduler at dask_address, else a local one of dask_workers processes).
+    # (a scheduler at dask_address, else a local one of dask_workers processes; with an
+    # address, dask_workers is the cluster's size: at least two chunks per worker are kept in flight).
     task_runner: Literal["thread", "process", "dask"] = "thread"
     processes: int | None = Field(default=None, ge=1, le=256)
     dask_address: str | None = None

@@ -19,6 +19,8 @@ Only the first `data.images_per_class` good images of a class (in list order) ar
 kept, so URLs are planned in growing windows from the top of each list until
 every class has enough or its list runs out; the windows depend only on the
 outcomes, never on timing, so a resumed run plans what an uninterrupted one did.
+Planning and the merge are queries over an on-disk ledger (`tasks.ledger`), so
+the step's memory does not grow with the number of URLs.
 """
 
 from __future__ import annotations
@@ -29,11 +31,9 @@ import itertools
 import math
 import multiprocessing
 import os
-import sys
-from collections import Counter, defaultdict
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +42,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import downloader, files, paths, sources
 from tasks.config import Config, Download
-from tasks.downloader import Chunk, Records, Row, download_chunk, write_rows
+from tasks.downloader import Chunk, Records, download_chunk, write_rows
+from tasks.ledger import Ledger
 from tasks.progress import Progress
 from tasks.step import Step, StepError, Summary, step_task
 
@@ -90,9 +91,29 @@ def _task_runner(cfg: Download, in_flight: int):
     return ThreadPoolTaskRunner(max_workers=in_flight)
 
 
+def executors(cfg: Download) -> int:
+    """How many processes (or Dask workers) run chunks at once."""
+    return {"thread": 1, "process": processes(cfg), "dask": cfg.dask_workers}[cfg.task_runner]
+
+
+def bounded(submit: Callable[[Chunk], object], chunks: Iterable[Chunk], limit: int) -> Iterator[dict]:
+    """Each chunk's summary, in order, with at most `limit` chunks submitted and unfinished.
+
+    Chunks are drawn from `chunks` only as earlier ones finish, so a list of
+    millions of URLs is never held as chunks all at once.
+    """
+    futures: deque = deque()
+    for chunk in chunks:
+        futures.append(submit(chunk))
+        if len(futures) >= limit:
+            yield futures.popleft().result()
+    while futures:
+        yield futures.popleft().result()
+
+
 @contextlib.contextmanager
-def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Callable[[list[Chunk]], list[dict]]]:
-    """A function that runs chunks and returns their summaries.
+def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Callable[[Iterable[Chunk]], Iterator[dict]]]:
+    """A function that runs chunks and yields their summaries.
 
     Inside a Prefect run chunks are Prefect tasks on the configured task runner;
     outside one, the same chunk function runs on threads or on spawned processes.
@@ -101,15 +122,14 @@ def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Cal
 
     # Enough chunks at once that a chunk's slowest URL never leaves the threads idle.
     in_flight = max(2, 2 * math.ceil(cfg.download.workers / cfg.download.chunk_size))
+    limit = in_flight * executors(cfg.download)
     if TaskRunContext.get() is not None:
         with _task_runner(cfg.download, in_flight) as runner:
 
-            def run_tasks(chunks: list[Chunk]) -> list[dict]:
-                futures = [runner.submit(download_chunk_task, {"cfg": cfg, "chunk": c, "workdir": str(workdir)})
-                           for c in chunks]
-                return [_counted(future.result(), progress) for future in futures]
+            def submit_task(chunk: Chunk):
+                return runner.submit(download_chunk_task, {"cfg": cfg, "chunk": chunk, "workdir": str(workdir)})
 
-            yield run_tasks
+            yield lambda chunks: (_counted(done, progress) for done in bounded(submit_task, chunks, limit))
     elif cfg.download.task_runner == "process":
         # Spawned, not forked: this process has threads running. Each worker process
         # keeps its own downloader (tasks.downloader imports nothing heavy, so they start fast).
@@ -117,17 +137,20 @@ def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Cal
         with ProcessPoolExecutor(processes(cfg.download), mp_context=spawn,
                                  initializer=downloader.exit_with_parent) as pool:
 
-            def run_in_processes(chunks: list[Chunk]) -> list[dict]:
-                futures = [pool.submit(download_chunk, cfg, c, workdir) for c in chunks]
-                return [_counted(future.result(), progress) for future in as_completed(futures)]
+            def submit_to_process(chunk: Chunk):
+                return pool.submit(download_chunk, cfg, chunk, workdir)
 
-            yield run_in_processes
+            yield lambda chunks: (_counted(done, progress) for done in bounded(submit_to_process, chunks, limit))
     else:
         with ThreadPoolExecutor(in_flight, thread_name_prefix="chunk") as pool:
-            yield lambda chunks: list(pool.map(lambda c: download_chunk(cfg, c, workdir, progress.update), chunks))
+
+            def submit_to_thread(chunk: Chunk):
+                return pool.submit(download_chunk, cfg, chunk, workdir, progress.update)
+
+            yield lambda chunks: bounded(submit_to_thread, chunks, limit)
 
 
-# --- plan and merge -------------------------------------------------------------------
+# --- plan -------------------------------------------------------------------------
 
 
 def first_window(n: int, cap: int | None) -> int:
@@ -140,156 +163,116 @@ def grown_window(window: int, kept: int, cap: int, n: int) -> int:
     return min(n, window + math.ceil((cap - kept) / rate * 1.1) + 4)
 
 
-def resolve(lists: dict[str, list[str]], known: dict, windows: dict[str, int], cap: int | None) -> Iterator[Row]:
-    """The manifest's rows, in list order, from the fetched rows (which it leaves as they are).
-
-    Per class: an image under two classes is a label conflict (kept in neither), a
-    repeat within a class is a duplicate (kept once), and past the cap an image is
-    skipped; URLs beyond the window were never needed. Rows are yielded one at a
-    time, so the manifest never exists twice in memory.
-    """
-    owner: dict[str, str] = {}  # sha256 -> the class it came under, or "" under several
-    for cls, urls in lists.items():
-        for url in itertools.islice(urls, windows[cls]):
-            row = known[(cls, url)]
-            if row.status == "ok":
-                owner[row.sha256] = cls if owner.get(row.sha256, cls) == cls else ""
-    for cls, urls in lists.items():
-        seen: set[str] = set()
-        for url in itertools.islice(urls, windows[cls]):
-            row = known[(cls, url)]
-            if row.status == "ok":
-                if not owner[row.sha256]:
-                    row = replace(row, status="failed", reason="label_conflict", path="")
-                elif row.sha256 in seen:
-                    row = replace(row, status="skipped", reason="duplicate", path="")
-                elif cap is not None and len(seen) >= cap:
-                    row = replace(row, status="skipped", reason="enough_images", path="")
-                else:
-                    seen.add(row.sha256)
-            yield row
-        for url in itertools.islice(urls, windows[cls], None):
-            yield Row(url=url, cls=cls, status="skipped", reason="enough_images")
-
-
-def plan(lists: dict[str, list[str]], known: dict, cap: int | None) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(windows, URLs still to fetch): grow each short class's window until all are fetched."""
-    windows = {cls: first_window(len(urls), cap) for cls, urls in lists.items()}
+def plan(ledger: Ledger, cap: int | None) -> dict[str, int]:
+    """Each class's window: grown for short classes until some URL in one is unfetched, or none can grow."""
+    sizes = ledger.sizes()
+    windows = {cls: first_window(n, cap) for cls, n in sizes.items()}
     while True:
-        pending = [(c, u) for c, urls in lists.items() for u in itertools.islice(urls, windows[c])
-                   if (c, u) not in known]
-        if pending:
-            return windows, pending
-        kept = Counter(row.cls for row in resolve(lists, known, windows, cap) if row.status == "ok")
-        grown = {c: grown_window(windows[c], kept[c], cap, len(urls)) for c, urls in lists.items()
-                 if cap is not None and kept[c] < cap and windows[c] < len(urls)}
+        ledger.set_windows(windows)
+        if cap is None or ledger.has_pending():
+            return windows
+        kept = ledger.kept(cap)
+        grown = {cls: grown_window(windows[cls], kept.get(cls, 0), cap, n) for cls, n in sizes.items()
+                 if kept.get(cls, 0) < cap and windows[cls] < n}
         if not grown:
-            return windows, []
+            return windows
         windows.update(grown)
 
 
-def chunks_of(pending: list[tuple[str, str]], size: int) -> list[Chunk]:
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for cls, url in pending:
-        by_class[cls].append(url)
-    return [Chunk(cls, tuple(urls[i : i + size])) for cls, urls in by_class.items() for i in range(0, len(urls), size)]
+def chunks_of(pending: Iterable[tuple[str, str]], size: int) -> Iterator[Chunk]:
+    """Runs of `size` URLs of one class, in list order."""
+    for cls, group in itertools.groupby(pending, key=lambda pair: pair[0]):
+        urls = (url for _, url in group)
+        while batch := tuple(itertools.islice(urls, size)):
+            yield Chunk(cls, batch)
 
 
-# --- the step -----------------------------------------------------------------------------
-
-
-def fingerprint(pending: list[tuple[str, str]]) -> str:
+def fingerprint(pending: Iterable[tuple[str, str]]) -> str:
     digest = hashlib.sha256()
     for cls, url in pending:
         digest.update(f"{cls}\0{url}\n".encode())
     return digest.hexdigest()
 
 
-def read_url_lists(cfg: Config, workdir: Path) -> dict[str, list[str]]:
-    lists = {}
-    for cls in cfg.data.classes:
-        path = workdir / paths.URLS / f"{cls}.txt"
-        if not path.is_file():
-            raise StepError(f"missing URL list {path}: run the fetch_urls step first")
-        # Interned, as are the records' URLs, so that each URL is held once.
-        lines = (sys.intern(line.strip()) for line in path.read_text().splitlines() if line.strip())
-        lists[cls] = list(dict.fromkeys(lines))
-    return lists
+# --- the step -----------------------------------------------------------------------------
 
 
-def remove_unlisted(workdir: Path, keep: set[str]) -> None:
-    """Images not in this run's manifest (an old class, a lowered cap, a duplicate) are removed."""
-    root = workdir / paths.IMAGES
-    for path in root.rglob("*"):
-        if path.is_file() and path.relative_to(workdir).as_posix() not in keep:
-            path.unlink()
-    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-        if not any(folder.iterdir()):
-            folder.rmdir()
+def url_list(workdir: Path, cls: str) -> Iterator[str]:
+    with open(workdir / paths.URLS / f"{cls}.txt") as lines:
+        yield from (line.strip() for line in lines if line.strip())
 
 
-class Tally:
-    """Counts of the manifest's rows as they stream past, and the images they keep."""
+def remove_unlisted(workdir: Path, listed: Callable[[str], bool]) -> None:
+    """Images not in this run's manifest (an old class, a lowered cap, a duplicate) are removed.
 
-    def __init__(self):
-        self.outcomes: Counter[tuple[str, str]] = Counter()  # (class, `ok` or the reason)
-        self.statuses: Counter[tuple[str, str]] = Counter()  # (class, status)
-        self.kept: set[str] = set()  # paths of the images the manifest lists
+    Folders are read as streams (os.scandir), since a class can hold millions of images.
+    """
 
-    def __call__(self, rows: Iterable[Row]) -> Iterator[Row]:
-        for row in rows:
-            self.outcomes[(row.cls, row.outcome)] += 1
-            self.statuses[(row.cls, row.status)] += 1
-            if row.status == "ok":
-                self.kept.add(row.path)
-            yield row
+    def prune(folder: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    prune(entry.path)
+                    with contextlib.suppress(OSError):  # kept only if something is left in it
+                        os.rmdir(entry.path)
+                elif not listed(Path(os.path.relpath(entry.path, workdir)).as_posix()):
+                    os.unlink(entry.path)
 
-    def per_class(self, status: str) -> dict[str, int]:
-        return {cls: n for (cls, s), n in self.statuses.items() if s == status}
+    if (workdir / paths.IMAGES).is_dir():
+        prune(str(workdir / paths.IMAGES))
 
-    def table(self) -> pd.DataFrame:
-        """URLs per class and outcome (`ok`, or the reason a URL gave no image)."""
-        table = pd.Series(self.outcomes, dtype=int).unstack(fill_value=0) if self.outcomes else pd.DataFrame()
-        return table.rename_axis(index="class", columns="outcome").sort_index(axis=1)
+
+def outcome_table(counts: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
+    """URLs per class and outcome (`ok`, or the reason a URL gave no image)."""
+    series = pd.Series({(cls, outcome): n for cls, outcome, n in counts}, dtype=int)
+    table = series.unstack(fill_value=0) if len(series) else pd.DataFrame()
+    return table.rename_axis(index="class", columns="outcome").sort_index(axis=1)
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
     """Download, validate and store the images of every class; write the manifest."""
-    lists = read_url_lists(cfg, workdir)
+    for cls in cfg.data.classes:
+        if not (path := workdir / paths.URLS / f"{cls}.txt").is_file():
+            raise StepError(f"missing URL list {path}: run the fetch_urls step first")
     files.remove_stale_temps(workdir / paths.IMAGES)
     records = Records(workdir, cfg.download)
-    records.start()
     cap = cfg.data.images_per_class
-    total = sum(len(urls) for urls in lists.values())
-    with Progress("download", total, unit="url") as bar:
-        try:
-            with chunk_runner(cfg, workdir, bar) as run_chunks:
-                before = ""  # the last round's pending URLs (a digest: the list can be long)
-                pids: set[int] = set()  # the processes that downloaded
-                while True:
-                    known = None  # the last round's rows go before the new ones are read
-                    known = records.read()
-                    windows, pending = plan(lists, known, cap)
-                    if not pending:
-                        break
-                    if (last := fingerprint(pending)) == before:
-                        raise StepError(f"chunks finished but left no records in {records.folder}: "
-                                        "do all task runner workers see this folder?")
-                    before = last
-                    pids |= {done["pid"] for done in run_chunks(chunks_of(pending, cfg.download.chunk_size))}
-                    del pending
-        finally:
-            downloader.close_shared()  # chunks run in this process shared its threads and connections
-        bar.update(total - sum(windows.values()))  # URLs never needed
-    tally = Tally()
-    write_rows(workdir / paths.MANIFEST, tally(resolve(lists, known, windows, cap)))
-    del known
-    remove_unlisted(workdir, tally.kept)
+    with Ledger(records.folder / "ledger.sqlite") as ledger:
+        for cls in cfg.data.classes:
+            ledger.add_list(cls, url_list(workdir, cls))
+        records.start(ledger)
+        total = sum(ledger.sizes().values())
+        with Progress("download", total, unit="url") as bar:
+            try:
+                with chunk_runner(cfg, workdir, bar) as run_chunks:
+                    before = ""  # the last round's pending URLs (a digest: the list can be long)
+                    pids: set[int] = set()  # the processes that downloaded
+                    while True:
+                        records.load(ledger)
+                        windows = plan(ledger, cap)
+                        if not ledger.has_pending():
+                            break
+                        if (last := fingerprint(ledger.pending())) == before:
+                            raise StepError(f"chunks finished but left no records in {records.folder}: "
+                                            "do all task runner workers see this folder?")
+                        before = last
+                        chunks = chunks_of(ledger.pending(), cfg.download.chunk_size)
+                        pids |= {done["pid"] for done in run_chunks(chunks)}
+            finally:
+                downloader.close_shared()  # chunks run in this process shared its threads and connections
+            bar.update(total - sum(windows.values()))  # URLs never needed
+        ledger.save_manifest(cap)
+        write_rows(workdir / paths.MANIFEST, ledger.manifest())
+        remove_unlisted(workdir, ledger.lists)
+        counts = ledger.outcomes()
 
-    table = tally.table()
+    table = outcome_table((cls, outcome, n) for cls, _, outcome, n in counts)
     print(f"download: URLs per class and outcome\n{table.to_string()}")
-    ok = tally.per_class("ok")
-    short = {cls: ok.get(cls, 0) for cls in lists if ok.get(cls, 0) < cfg.download.min_images_per_class}
+    per_status = Counter()
+    for cls, status, _, n in counts:
+        per_status[(cls, status)] += n
+    ok = {cls: per_status[(cls, "ok")] for cls in cfg.data.classes if per_status[(cls, "ok")]}
+    short = {cls: ok.get(cls, 0) for cls in cfg.data.classes if ok.get(cls, 0) < cfg.download.min_images_per_class}
     if short:
         raise StepError(
             f"too few good images: {short} (download.min_images_per_class="
@@ -298,7 +281,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     return {
         "step": STEP.name,
         "ok": ok,
-        "failed": tally.per_class("failed"),
+        "failed": {cls: n for (cls, status), n in per_status.items() if status == "failed"},
         "processes": len(pids),
         "outcomes": {cls: {k: int(v) for k, v in r.items() if v} for cls, r in table.iterrows()},
     }

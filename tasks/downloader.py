@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,10 +51,7 @@ class Row:
         rec = {**rec, "cls": rec["class"]}
         kinds = {f.name: f.type for f in fields(cls)}
         convert = {"int": int, "float": float, "str": str}
-        row = cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
-        row.url, row.cls = sys.intern(row.url), sys.intern(row.cls)  # shared with the URL lists
-        row.status, row.reason = sys.intern(row.status), sys.intern(row.reason)
-        return row
+        return cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
 
     @property
     def outcome(self) -> str:
@@ -204,32 +200,34 @@ class Records:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.workdir, self.folder = workdir, workdir / RECORDS_DIR / key
 
-    def start(self) -> None:
+    def paths(self) -> list[Path]:
+        return sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []
+
+    def start(self, ledger) -> None:
         """Begin a run: keep the `ok` rows whose image is still on disk, forget the rest.
 
-        Failed URLs get another try in every run; the files are replaced atomically,
-        so a kill in here loses nothing.
+        Failed URLs get another try in every run. The kept rows are written to one
+        file before the old ones go, so a kill in here loses nothing. `ledger` (a
+        `tasks.ledger.Ledger`) merges the old files; it is left empty.
         """
         if self.folder.parent.is_dir():
             for other in self.folder.parent.iterdir():
                 if other != self.folder:
                     shutil.rmtree(other, ignore_errors=True)
         files.remove_stale_temps(self.folder)
-        old = sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []
-        keep = [r for r in self.read().values() if r.status == "ok" and (self.workdir / r.path).is_file()]
-        if keep:
-            write_rows(self.folder / "carried.csv", keep)
+        old = self.paths()
+        self.load(ledger)
+        write_rows(self.folder / "carried.csv",
+                   (r for r in ledger.fetched("ok") if (self.workdir / r.path).is_file()))
         for path in old:
-            if path.name != "carried.csv" or not keep:
+            if path.name != "carried.csv":
                 path.unlink()
+        ledger.forget_fetched()
 
-    def read(self) -> dict[tuple[str, str], Row]:
-        known: dict[tuple[str, str], Row] = {}
-        for path in sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []:
-            for row in read_rows(path):
-                if (row.cls, row.url) not in known or row.status == "ok":
-                    known[(row.cls, row.url)] = row
-        return known
+    def load(self, ledger) -> None:
+        """Merge the record files the ledger has not seen yet into it."""
+        for path in self.paths():
+            ledger.add_rows(read_rows(path), path.name)
 
     def write(self, chunk: Chunk, rows: list[Row]) -> None:
         write_rows(self.folder / f"{chunk.id}.csv", rows)

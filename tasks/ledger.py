@@ -1,0 +1,181 @@
+"""The download's ledger: every listed URL and what became of it, in an SQLite file.
+
+URL lists can run to millions of lines (ImageNet's fall11 list has 14 million),
+so the step holds none of them in memory: the lists and the fetched rows go into
+a scratch database beside the chunk records, and planning and the merge are
+queries over it. Memory stays flat in the number of URLs; only SQLite's page
+cache and one chunk at a time are held.
+
+A fresh ledger is built at every run from the URL lists and the chunk records
+(which stay the source of truth), so a run killed at any moment leaves nothing to
+repair.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tasks.downloader import Row
+
+FIELDS = ("url", "cls", "status", "reason", "path", "sha256", "width", "height", "bytes", "attempts", "elapsed_s")
+NO_CAP = 1 << 62
+
+SCHEMA = """
+CREATE TABLE lines (line INTEGER PRIMARY KEY, url TEXT);
+CREATE TABLE classes (cls TEXT PRIMARY KEY, ord INTEGER, size INTEGER, window INTEGER);
+CREATE TABLE listed (cls TEXT, pos INTEGER, url TEXT, PRIMARY KEY (cls, pos), UNIQUE (cls, url));
+CREATE TABLE fetched (url TEXT, cls TEXT, status TEXT, reason TEXT, path TEXT, sha256 TEXT, width INTEGER,
+                      height INTEGER, bytes INTEGER, attempts INTEGER, elapsed_s REAL, PRIMARY KEY (cls, url));
+CREATE TABLE loaded (name TEXT PRIMARY KEY);
+"""
+
+# The manifest's rows, in list order. Per class: an image under two classes is a
+# label conflict (kept in neither), a repeat of a kept image is a duplicate, an
+# image past the cap is skipped, and URLs beyond the class's window were never
+# needed. `copy` numbers the repeats of an image within a class; `rank` counts the
+# distinct clean images so far; a repeat is a duplicate only if its first copy was kept.
+RESOLVED = """
+WITH rows AS (
+    SELECT c.ord, l.pos, l.url, l.cls, l.pos < c.window AS needed,
+           f.status, f.reason, f.path, f.sha256, f.width, f.height, f.bytes, f.attempts, f.elapsed_s,
+           l.pos < c.window AND f.status = 'ok' AS good
+    FROM listed l JOIN classes c USING (cls) LEFT JOIN fetched f USING (cls, url)
+), conflicts AS (
+    SELECT sha256 FROM rows WHERE good GROUP BY sha256 HAVING COUNT(DISTINCT cls) > 1
+), copies AS (
+    SELECT *, good AND sha256 NOT IN conflicts AS clean,
+           ROW_NUMBER() OVER (PARTITION BY cls, good, sha256 ORDER BY pos) AS copy
+    FROM rows
+), ranked AS (
+    SELECT *, SUM(clean AND copy = 1) OVER (PARTITION BY cls ORDER BY pos) AS rank FROM copies
+), firsts AS (
+    SELECT *, FIRST_VALUE(rank) OVER (PARTITION BY cls, clean, sha256 ORDER BY pos) <= :cap AS first_kept
+    FROM ranked
+), outcomes AS (
+    SELECT *, CASE
+        WHEN NOT needed THEN 'enough_images'
+        WHEN NOT good THEN reason
+        WHEN NOT clean THEN 'label_conflict'
+        WHEN NOT first_kept THEN 'enough_images'
+        WHEN copy > 1 THEN 'duplicate'
+        ELSE '' END AS outcome
+    FROM firsts
+)
+SELECT url, cls,
+       CASE WHEN NOT needed OR (good AND clean AND outcome != '') THEN 'skipped'
+            WHEN good AND NOT clean THEN 'failed'
+            ELSE status END AS status,
+       outcome AS reason,
+       CASE WHEN good AND outcome = '' THEN path ELSE '' END AS path,
+       IIF(needed, sha256, '') AS sha256, IIF(needed, width, 0) AS width, IIF(needed, height, 0) AS height,
+       IIF(needed, bytes, 0) AS bytes, IIF(needed, attempts, 0) AS attempts,
+       IIF(needed, elapsed_s, 0.0) AS elapsed_s
+FROM outcomes ORDER BY ord, pos
+"""
+
+
+class Ledger:
+    """The listed URLs (in list order, each once per class) and their fetched rows."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # scratch: rebuilt from the lists and records every run
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
+        self.path = path
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- filling it ---------------------------------------------------------------
+
+    def add_list(self, cls: str, urls: Iterable[str]) -> int:
+        """A class's URL list, streamed in; repeats keep their first place. Its size."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO lines (url) VALUES (?)", ((u,) for u in urls))
+            self.db.execute("INSERT INTO listed SELECT ?, ROW_NUMBER() OVER (ORDER BY MIN(line)) - 1, url "
+                            "FROM lines GROUP BY url", (cls,))
+            self.db.execute("DELETE FROM lines")
+            size = self.db.execute("SELECT COUNT(*) FROM listed WHERE cls = ?", (cls,)).fetchone()[0]
+            self.db.execute("INSERT INTO classes VALUES (?, (SELECT COUNT(*) FROM classes), ?, 0)", (cls, size))
+        return size
+
+    def add_rows(self, rows: Iterable[Row], name: str) -> bool:
+        """Fetched rows from one record file, once per file (False if seen); an `ok` row wins over others."""
+        with self.db:
+            self.db.execute("BEGIN")
+            if self.db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (name,)).rowcount == 0:
+                return False
+            self.db.executemany(
+                f"INSERT INTO fetched VALUES ({', '.join('?' * len(FIELDS))}) ON CONFLICT (cls, url) DO UPDATE SET "
+                + ", ".join(f"{f} = excluded.{f}" for f in FIELDS[2:]) + " WHERE excluded.status = 'ok'",
+                ([getattr(r, f) for f in FIELDS] for r in rows))
+        return True
+
+    def forget_fetched(self) -> None:
+        self.db.execute("DELETE FROM fetched")
+        self.db.execute("DELETE FROM loaded")
+
+    def set_windows(self, windows: dict[str, int]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE classes SET window = ? WHERE cls = ?", [(n, c) for c, n in windows.items()])
+
+    # --- reading it ---------------------------------------------------------------
+
+    def sizes(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT cls, size FROM classes ORDER BY ord"))
+
+    def fetched(self, status: str) -> Iterator[Row]:
+        yield from (Row(*r) for r in self.db.execute(
+            f"SELECT {', '.join(FIELDS)} FROM fetched WHERE status = ? ORDER BY cls, url", (status,)))
+
+    def pending(self) -> Iterator[tuple[str, str]]:
+        """(class, URL) within the windows and not fetched yet, in list order."""
+        return self.db.execute(
+            "SELECT l.cls, l.url FROM listed l JOIN classes c USING (cls) WHERE l.pos < c.window AND NOT EXISTS "
+            "(SELECT 1 FROM fetched f WHERE f.cls = l.cls AND f.url = l.url) ORDER BY c.ord, l.pos")
+
+    def has_pending(self) -> bool:
+        return next(self.pending(), None) is not None
+
+    def kept(self, cap: int | None) -> dict[str, int]:
+        """Good images per class that the manifest would keep with the current windows."""
+        query = f"SELECT cls, COUNT(*) FROM ({RESOLVED}) WHERE status = 'ok' GROUP BY cls"
+        return dict(self.db.execute(query, {"cap": _cap(cap)}))
+
+    # --- the manifest -------------------------------------------------------------
+
+    def save_manifest(self, cap: int | None) -> None:
+        """Resolve the rows once (see RESOLVED) into a table the step reads back."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DROP TABLE IF EXISTS manifest")
+            self.db.execute(f"CREATE TABLE manifest AS {RESOLVED}", {"cap": _cap(cap)})
+            self.db.execute("CREATE INDEX manifest_path ON manifest (path)")
+
+    def manifest(self) -> Iterator[Row]:
+        yield from (Row(*r) for r in self.db.execute(f"SELECT {', '.join(FIELDS)} FROM manifest ORDER BY rowid"))
+
+    def lists(self, path: str) -> bool:
+        """Does the manifest keep the image at this path?"""
+        return self.db.execute("SELECT 1 FROM manifest WHERE path = ? AND status = 'ok'", (path,)).fetchone() is not None
+
+    def outcomes(self) -> list[tuple[str, str, str, int]]:
+        """(class, status, outcome, URLs): the outcome is `ok` or the reason a URL gave no image."""
+        return self.db.execute("SELECT cls, status, IIF(status = 'ok', 'ok', reason), COUNT(*) FROM manifest "
+                               "GROUP BY 1, 2, 3 ORDER BY MIN(rowid)").fetchall()
+
+
+def _cap(cap: int | None) -> int:
+    return NO_CAP if cap is None else cap
