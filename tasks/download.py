@@ -87,7 +87,7 @@ def _task_runner(cfg: Download, in_flight: int):
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
     if cfg.task_runner == "process":
-        return ProcessPoolTaskRunner(max_workers=processes(cfg), initializer=downloader.exit_with_parent)
+        return ProcessPoolTaskRunner(max_workers=processes(cfg), initializer=downloader.init_worker)
     return ThreadPoolTaskRunner(max_workers=in_flight)
 
 
@@ -135,7 +135,7 @@ def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Cal
         # keeps its own downloader (tasks.downloader imports nothing heavy, so they start fast).
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(processes(cfg.download), mp_context=spawn,
-                                 initializer=downloader.exit_with_parent) as pool:
+                                 initializer=downloader.init_worker) as pool:
 
             def submit_to_process(chunk: Chunk):
                 return pool.submit(download_chunk, cfg, chunk, workdir)
