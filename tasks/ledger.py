@@ -83,7 +83,10 @@ class Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # scratch: rebuilt from the lists and records every run
         self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -500;" + SCHEMA)
+        # A scratch file needs no journal or fsync. A small page cache also bounds the
+        # memory of the merge's sorts (SQLite spills them to temp files past it).
+        self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -500;"
+                              + SCHEMA)
         self.path = path
 
     def close(self) -> None:
