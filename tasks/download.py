@@ -198,7 +198,7 @@ def fingerprint(pending: Iterable[tuple[str, str]]) -> str:
 
 
 def url_list(workdir: Path, cls: str) -> Iterator[str]:
-    with open(workdir / paths.URLS / f"{cls}.txt") as lines:
+    with open(workdir / paths.URLS / f"{cls}.txt", encoding="utf-8") as lines:
         yield from (line.strip() for line in lines if line.strip())
 
 

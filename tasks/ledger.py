@@ -24,7 +24,7 @@ NO_CAP = 1 << 62
 
 SCHEMA = """
 CREATE TABLE lines (line INTEGER PRIMARY KEY, url TEXT);
-CREATE TABLE classes (cls TEXT PRIMARY KEY, ord INTEGER, size INTEGER, window INTEGER);
+CREATE TABLE classes (ord INTEGER PRIMARY KEY, cls TEXT UNIQUE, size INTEGER, window INTEGER);
 CREATE TABLE listed (cls TEXT, pos INTEGER, url TEXT, PRIMARY KEY (cls, pos), UNIQUE (cls, url));
 CREATE TABLE fetched (url TEXT, cls TEXT, status TEXT, reason TEXT, path TEXT, sha256 TEXT, width INTEGER,
                       height INTEGER, bytes INTEGER, attempts INTEGER, elapsed_s REAL, PRIMARY KEY (cls, url));
@@ -110,7 +110,7 @@ class Ledger:
                             "FROM lines GROUP BY url", (cls,))
             self.db.execute("DELETE FROM lines")
             size = self.db.execute("SELECT COUNT(*) FROM listed WHERE cls = ?", (cls,)).fetchone()[0]
-            self.db.execute("INSERT INTO classes VALUES (?, (SELECT COUNT(*) FROM classes), ?, 0)", (cls, size))
+            self.db.execute("INSERT INTO classes (cls, size, window) VALUES (?, ?, 0)", (cls, size))
         return size
 
     def add_rows(self, rows: Iterable[Row], name: str) -> bool:
@@ -145,9 +145,11 @@ class Ledger:
 
     def pending(self) -> Iterator[tuple[str, str]]:
         """(class, URL) within the windows and not fetched yet, in list order."""
+        # Classes in order, then each one's index range: rows stream out in order without a sort,
+        # so the first pending URL comes without reading the rest.
         return self.db.execute(
-            "SELECT l.cls, l.url FROM listed l JOIN classes c USING (cls) WHERE l.pos < c.window AND NOT EXISTS "
-            "(SELECT 1 FROM fetched f WHERE f.cls = l.cls AND f.url = l.url) ORDER BY c.ord, l.pos")
+            "SELECT c.cls, l.url FROM classes c CROSS JOIN listed l ON l.cls = c.cls AND l.pos < c.window "
+            "WHERE NOT EXISTS (SELECT 1 FROM fetched f WHERE f.cls = l.cls AND f.url = l.url) ORDER BY c.ord, l.pos")
 
     def has_pending(self) -> bool:
         return next(self.pending(), None) is not None
