@@ -41,7 +41,9 @@ WITH rows AS (
     SELECT c.ord, l.pos, l.url, l.cls, l.pos < c.window AS needed,
            f.status, f.reason, f.path, f.sha256, f.width, f.height, f.bytes, f.attempts, f.elapsed_s,
            l.pos < c.window AND f.status = 'ok' AS good
-    FROM listed l JOIN classes c USING (cls) LEFT JOIN fetched f USING (cls, url)
+    FROM classes c CROSS JOIN listed l  -- all of each list for the manifest, the windows for kept()
+         ON l.cls = c.cls AND l.pos < IIF(:everything, c.size, c.window)
+    LEFT JOIN fetched f ON f.cls = l.cls AND f.url = l.url
 ), conflicts AS (
     SELECT sha256 FROM rows WHERE good GROUP BY sha256 HAVING COUNT(DISTINCT cls) > 1
 ), copies AS (
@@ -157,7 +159,7 @@ class Ledger:
     def kept(self, cap: int | None) -> dict[str, int]:
         """Good images per class that the manifest would keep with the current windows."""
         query = f"SELECT cls, COUNT(*) FROM ({RESOLVED}) WHERE status = 'ok' GROUP BY cls"
-        return dict(self.db.execute(query, {"cap": _cap(cap)}))
+        return dict(self.db.execute(query, {"cap": _cap(cap), "everything": False}))
 
     # --- the manifest -------------------------------------------------------------
 
@@ -166,7 +168,7 @@ class Ledger:
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("DROP TABLE IF EXISTS manifest")
-            self.db.execute(f"CREATE TABLE manifest AS {RESOLVED}", {"cap": _cap(cap)})
+            self.db.execute(f"CREATE TABLE manifest AS {RESOLVED}", {"cap": _cap(cap), "everything": True})
             self.db.execute("CREATE INDEX manifest_path ON manifest (path)")
 
     def manifest(self) -> Iterator[Row]:
