@@ -14,6 +14,8 @@ memory are its own. Nothing leaves the machine: the mirror is on 127.0.0.1.
 - img2dataset: 2 processes x 128 threads, resizing like this project (longer side
   to 512 only if bigger, no re-encoding otherwise), sha256 like this project.
 
+For each, its CPU time per validated image, and the mirror's CPU time per request
+while it ran (both share the machine's cores, so this says who spends them).
 Then this project alone (both ways) at 1,000 and 10,000 URLs: CPU time per validated image and
 peak memory (the largest sum of the resident memory of the step's process and its
 worker processes), which must not grow with the number of URLs.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import resource
@@ -91,13 +94,20 @@ def serve(port: int) -> None:
 
 
 def cpu_s() -> float:
-    """CPU time of this process and its children so far."""
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
+    """CPU time of this process and its children so far, less the memory sampler's own."""
+    total = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                for f in ("ru_utime", "ru_stime"))
+    return total - (PeakMemory.running.cpu_s() if PeakMemory.running else 0.0)
 
 
 class PeakMemory:
-    """The largest resident memory of this process and its children together, sampled."""
+    """The largest resident memory of this process and its children together, sampled.
+
+    The list of children is refreshed every tenth sample: listing them scans /proc,
+    which costs more than reading their memory.
+    """
+
+    running: "PeakMemory | None" = None
 
     def __init__(self, every_s: float = 0.02):
         import psutil
@@ -106,19 +116,30 @@ class PeakMemory:
         me = psutil.Process()
 
         def sample():
-            while not self._stop.wait(every_s):
+            procs = [me]
+            for n in itertools.count():
+                if self._stop.wait(every_s):
+                    return
+                if n % 10 == 0:
+                    with contextlib.suppress(psutil.Error):
+                        procs = [me, *me.children(recursive=True)]
                 total = 0
-                for proc in [me, *me.children(recursive=True)]:
+                for proc in procs:
                     with contextlib.suppress(psutil.Error):
                         total += proc.memory_info().rss
                 self.peak = max(self.peak, total)
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
+        PeakMemory.running = self
+
+    def cpu_s(self) -> float:
+        return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
 
     def stop_mb(self) -> float:
         self._stop.set()
         self._thread.join()
+        PeakMemory.running = None
         return self.peak / 2**20
 
 
@@ -180,8 +201,16 @@ CLIENTS = {  # name: (label, client)
 PROJECT, BASELINES = ("project", "project-processes"), ("sequential", "img2dataset")
 
 
-def measure(kind: str, port: int, count: int) -> dict:
-    """Run one client in a fresh process; its figures as a dict."""
+def mirror_cpu_s(mirror: subprocess.Popen) -> float:
+    import psutil
+
+    times = psutil.Process(mirror.pid).cpu_times()
+    return times.user + times.system
+
+
+def measure(kind: str, mirror: subprocess.Popen, port: int, count: int) -> dict:
+    """Run one client in a fresh process; its figures, and the mirror's CPU time meanwhile, as a dict."""
+    before = mirror_cpu_s(mirror)
     with tempfile.TemporaryDirectory() as out:
         done = subprocess.run([sys.executable, __file__, "client", kind, str(port), str(count), out],
                               capture_output=True, text=True, env={**ENV, "WANDB_MODE": "disabled"}, cwd=out)
@@ -189,7 +218,9 @@ def measure(kind: str, port: int, count: int) -> dict:
         if done.returncode or line is None:
             sys.exit(f"{kind} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         result = json.loads(line.removeprefix("RESULT "))
-    return {**result, "rate": result["ok"] / result["seconds"]}
+    requests = min(count, SEQUENTIAL_SAMPLE) if kind == "sequential" else count
+    return {**result, "rate": result["ok"] / result["seconds"], "cpu_ms": 1000 * result["cpu_s"] / result["ok"],
+            "mirror_ms": 1000 * (mirror_cpu_s(mirror) - before) / requests}
 
 
 def wait_for(port: int, timeout: float = 60) -> None:
@@ -218,8 +249,8 @@ def main() -> None:
         runs: dict[str, list[dict]] = {k: [] for k in CLIENTS}
         for _ in range(args.rounds):  # interleaved, so a busy minute hits all alike
             for kind in CLIENTS:
-                runs[kind].append(measure(kind, port, args.urls))
-        scale = {(kind, n): measure(kind, port, n) for kind in PROJECT for n in (1000, args.large)}
+                runs[kind].append(measure(kind, mirror, port, args.urls))
+        scale = {(kind, n): measure(kind, mirror, port, n) for kind in PROJECT for n in (1000, args.large)}
     finally:
         mirror.terminate()
         mirror.wait()
@@ -227,16 +258,19 @@ def main() -> None:
     rate = {k: statistics.mean(r["rate"] for r in v) for k, v in runs.items()}
     print(f"validated images per second, {args.urls} URLs at {LATENCY_S * 1000:.0f} ms each "
           f"(mean of {args.rounds} interleaved rounds; the tutorial's loop on a {SEQUENTIAL_SAMPLE}-URL sample)")
-    print(f"{'client':<28} {'img/s':>8} {'rounds':>24} " + " ".join(f"{'vs ' + k:>16}" for k in BASELINES))
+    print("(CPU: the client's processes per validated image; mirror: the mirror's CPU per request meanwhile)")
+    print(f"{'client':<28} {'img/s':>8} {'rounds':>24} {'CPU ms/img':>11} {'mirror ms':>10} "
+          + " ".join(f"{'vs ' + k:>16}" for k in BASELINES))
     for kind, runs_of_kind in runs.items():
         each = ", ".join(f"{r['rate']:.1f}" for r in runs_of_kind)
+        cpu, mirror_ms = (statistics.mean(r[k] for r in runs_of_kind) for k in ("cpu_ms", "mirror_ms"))
         ratios = " ".join(f"{rate[kind] / rate[base]:>15.1f}x" for base in BASELINES) if kind in PROJECT else ""
-        print(f"{CLIENTS[kind][0]:<28} {rate[kind]:>8.1f} {each:>24} {ratios}")
+        print(f"{CLIENTS[kind][0]:<28} {rate[kind]:>8.1f} {each:>24} {cpu:>11.2f} {mirror_ms:>10.2f} {ratios}")
     print()
     print("this project alone: CPU time per validated image (all its processes) and peak memory (their sum)")
     print(f"{'client':<28} {'URLs':>7} {'img/s':>8} {'CPU ms/img':>11} {'peak MB':>8}")
     for (kind, n), r in scale.items():
-        print(f"{CLIENTS[kind][0]:<28} {n:>7} {r['rate']:>8.1f} {1000 * r['cpu_s'] / r['ok']:>11.2f} {r['peak_mb']:>8.0f}")
+        print(f"{CLIENTS[kind][0]:<28} {n:>7} {r['rate']:>8.1f} {r['cpu_ms']:>11.2f} {r['peak_mb']:>8.0f}")
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
