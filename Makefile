@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	python bench/pipeline.py
 	python bench/download.py
+	python bench/ledger.py
 	python bench/rerun.py
 	python bench/input_pipeline.py
 	python bench/train_step.py
