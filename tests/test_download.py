@@ -180,6 +180,21 @@ def test_images_per_class_keeps_the_first_good_images_and_fetches_little_more(tm
     assert summary is None  # b has no image left: the step fails, after writing the manifest
 
 
+def test_images_the_manifest_no_longer_lists_are_removed_with_their_empty_folders(tmp_path, host):
+    a, b = [host.url(f"/photo/{i}.jpg") for i in range(6)], [host.url(f"/photo/{i}.jpg") for i in range(6, 9)]
+    fetch(tmp_path, {"a": a, "b": b})
+    assert len(list((tmp_path / paths.IMAGES / "b").iterdir())) == 3
+    # Class b replaced by c and the cap lowered: b's folder goes, and a keeps only its first two images.
+    classes = {"a": {"wnid": "n00000001"}, "c": {"wnid": "n00000003"}}
+    cfg = validate({"data": {"classes": classes, "images_per_class": 2}, "download": FAST})
+    manifest, _ = fetch(tmp_path, {"a": a, "c": [host.url("/photo/9.jpg")]}, cfg)
+    ok = manifest[manifest["status"] == "ok"]
+    assert ok["url"].tolist() == [*a[:2], host.url("/photo/9.jpg")]
+    on_disk = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / paths.IMAGES).rglob("*") if p.is_file()}
+    assert on_disk == set(ok["path"])
+    assert sorted(p.name for p in (tmp_path / paths.IMAGES).iterdir()) == ["a", "c"]
+
+
 def test_one_host_gets_at_most_per_host_connections_and_queued_urls_do_not_time_out(tmp_path, host):
     host.slow_s = 0.2
     urls = [host.url(f"/slow/{i}.jpg") for i in range(8)]
