@@ -84,7 +84,9 @@ class Ledger:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # scratch: rebuilt from the lists and records every run
-        self.db = sqlite3.connect(path, isolation_level=None)
+        # Only this process opens it, so no file locks (which network file systems, where
+        # a project shared with Dask workers may live, often get wrong).
+        self.db = sqlite3.connect(path.resolve().as_uri() + "?nolock=1", uri=True, isolation_level=None)
         # A scratch file needs no journal or fsync. A small page cache also bounds the
         # memory of the merge's sorts (SQLite spills them to temp files past it).
         self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -500;"
