@@ -55,10 +55,6 @@ class Row:
         convert = {"int": int, "float": float, "str": str}
         return cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
 
-    @property
-    def outcome(self) -> str:
-        return "ok" if self.status == "ok" else self.reason
-
 
 def write_rows(target: Path, rows: Iterable[Row]) -> None:
     """Rows as CSV with the manifest's columns, written atomically as they come."""
