@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import fields
 from pathlib import Path
 
 from tasks.downloader import Row
 
-FIELDS = ("url", "cls", "status", "reason", "path", "sha256", "width", "height", "bytes", "attempts", "elapsed_s")
+FIELDS = tuple(f.name for f in fields(Row))  # columns of `fetched` and the manifest, in Row's order
+SELECTED = ", ".join(FIELDS)
 NO_CAP = 1 << 62
 
 SCHEMA = """
@@ -124,7 +126,8 @@ class Ledger:
             if self.db.execute("INSERT OR IGNORE INTO loaded VALUES (?)", (name,)).rowcount == 0:
                 return False
             self.db.executemany(
-                f"INSERT INTO fetched VALUES ({', '.join('?' * len(FIELDS))}) ON CONFLICT (cls, url) DO UPDATE SET "
+                f"INSERT INTO fetched ({SELECTED}) VALUES ({', '.join('?' * len(FIELDS))}) "
+                "ON CONFLICT (cls, url) DO UPDATE SET "
                 + ", ".join(f"{f} = excluded.{f}" for f in FIELDS[2:]) + " WHERE excluded.status = 'ok'",
                 ([getattr(r, f) for f in FIELDS] for r in rows))
         return True
@@ -145,7 +148,7 @@ class Ledger:
 
     def fetched(self, status: str) -> Iterator[Row]:
         yield from (Row(*r) for r in self.db.execute(
-            f"SELECT {', '.join(FIELDS)} FROM fetched WHERE status = ? ORDER BY cls, url", (status,)))
+            f"SELECT {SELECTED} FROM fetched WHERE status = ? ORDER BY cls, url", (status,)))
 
     def pending(self) -> Iterator[tuple[str, str]]:
         """(class, URL) within the windows and not fetched yet, in list order."""
@@ -174,7 +177,7 @@ class Ledger:
             self.db.execute("CREATE INDEX manifest_path ON manifest (path)")
 
     def manifest(self) -> Iterator[Row]:
-        yield from (Row(*r) for r in self.db.execute(f"SELECT {', '.join(FIELDS)} FROM manifest ORDER BY rowid"))
+        yield from (Row(*r) for r in self.db.execute(f"SELECT {SELECTED} FROM manifest ORDER BY rowid"))
 
     def lists(self, path: str) -> bool:
         """Does the manifest keep the image at this path?"""
