@@ -60,11 +60,6 @@ STEP = Step(
 download_chunk_task = task(download_chunk, name="download_chunk", cache_policy=NO_CACHE, persist_result=False)
 
 
-def _counted(summary: dict, progress: Progress) -> dict:
-    progress.update(summary["urls"])
-    return summary
-
-
 def processes(cfg: Download) -> int:
     return cfg.processes or os.cpu_count() or 1
 
@@ -112,7 +107,8 @@ def bounded(submit: Callable[[Chunk], object], chunks: Iterable[Chunk], limit: i
 
 
 @contextlib.contextmanager
-def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Callable[[Iterable[Chunk]], Iterator[dict]]]:
+def chunk_runner(cfg: Config, workdir: Path,
+                 progress: Progress) -> Iterator[Callable[[Iterable[Chunk]], Iterator[dict]]]:
     """A function that runs chunks and yields their summaries.
 
     Inside a Prefect run chunks are Prefect tasks on the configured task runner;
@@ -123,31 +119,32 @@ def chunk_runner(cfg: Config, workdir: Path, progress: Progress) -> Iterator[Cal
     # Enough chunks at once that a chunk's slowest URL never leaves the threads idle.
     in_flight = max(2, 2 * math.ceil(cfg.download.workers / cfg.download.chunk_size))
     limit = in_flight * executors(cfg.download)
+
+    def counted(submit: Callable[[Chunk], object]) -> Callable[[Iterable[Chunk]], Iterator[dict]]:
+        """Runs chunks elsewhere, counting each one's URLs on the progress bar as it finishes."""
+
+        def run_chunks(chunks: Iterable[Chunk]) -> Iterator[dict]:
+            for done in bounded(submit, chunks, limit):
+                progress.update(done["urls"])
+                yield done
+
+        return run_chunks
+
     if TaskRunContext.get() is not None:
         with _task_runner(cfg.download, in_flight) as runner:
-
-            def submit_task(chunk: Chunk):
-                return runner.submit(download_chunk_task, {"cfg": cfg, "chunk": chunk, "workdir": str(workdir)})
-
-            yield lambda chunks: (_counted(done, progress) for done in bounded(submit_task, chunks, limit))
+            yield counted(lambda c: runner.submit(download_chunk_task,
+                                                  {"cfg": cfg, "chunk": c, "workdir": str(workdir)}))
     elif cfg.download.task_runner == "process":
         # Spawned, not forked: this process has threads running. Each worker process
         # keeps its own downloader (tasks.downloader imports nothing heavy, so they start fast).
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(processes(cfg.download), mp_context=spawn,
                                  initializer=downloader.init_worker) as pool:
-
-            def submit_to_process(chunk: Chunk):
-                return pool.submit(download_chunk, cfg, chunk, workdir)
-
-            yield lambda chunks: (_counted(done, progress) for done in bounded(submit_to_process, chunks, limit))
-    else:
+            yield counted(lambda c: pool.submit(download_chunk, cfg, c, workdir))
+    else:  # chunks in this process count each URL as it finishes
         with ThreadPoolExecutor(in_flight, thread_name_prefix="chunk") as pool:
-
-            def submit_to_thread(chunk: Chunk):
-                return pool.submit(download_chunk, cfg, chunk, workdir, progress.update)
-
-            yield lambda chunks: bounded(submit_to_thread, chunks, limit)
+            yield lambda chunks: bounded(lambda c: pool.submit(download_chunk, cfg, c, workdir, progress.update),
+                                         chunks, limit)
 
 
 # --- plan -------------------------------------------------------------------------
