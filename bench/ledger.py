@@ -26,6 +26,13 @@ from pathlib import Path
 from common import ENV
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks import download  # noqa: E402  (after the path: the project's own modules)
+from tasks.config import Download  # noqa: E402
+from tasks.downloader import Records, Row, write_rows  # noqa: E402
+from tasks.ledger import Ledger  # noqa: E402
+
 CLASSES = 10
 
 
@@ -33,10 +40,13 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def row(cls: str, i: int):
-    from tasks.downloader import Row
+def url_of(cls: str, i: int) -> str:
+    return f"http://127.0.0.1:8000/{cls}/{i}.jpg"
 
-    url = f"http://127.0.0.1:8000/{cls}/{i}.jpg"
+
+def row(cls: str, url: str) -> Row:
+    """A made-up fetched row for one of url_of()'s URLs."""
+    i = int(url.rsplit("/", 1)[1].removesuffix(".jpg"))
     if i % 4 == 3:
         return Row(url=url, cls=cls, status="failed", reason="http_404", attempts=1, elapsed_s=0.2)
     image = f"shared-{i}" if i % 1000 == 0 else f"{cls}-{i - 1 if i % 10 == 1 else i}"  # conflicts, repeats
@@ -47,12 +57,6 @@ def row(cls: str, i: int):
 
 def measure(urls: int) -> dict:
     """What the download step does with the lists and records (tasks.download.run), minus the fetching."""
-    sys.path.insert(0, str(REPO))
-    from tasks import download
-    from tasks.config import Download
-    from tasks.downloader import Records, write_rows
-    from tasks.ledger import Ledger
-
     before = maxrss_mb()
     per_class = urls // CLASSES
     cap = max(1, int(per_class * 0.6))
@@ -61,7 +65,7 @@ def measure(urls: int) -> dict:
         records = Records(Path(folder), Download())
         with Ledger(records.folder / "ledger.sqlite") as ledger:
             for cls in (f"c{k}" for k in range(CLASSES)):
-                ledger.add_list(cls, (f"http://127.0.0.1:8000/{cls}/{i}.jpg" for i in range(per_class)))
+                ledger.add_list(cls, (url_of(cls, i) for i in range(per_class)))
             records.start(ledger)
             rounds = 0
             while True:
@@ -72,7 +76,7 @@ def measure(urls: int) -> dict:
                 rounds += 1
                 download.fingerprint(ledger.pending())
                 for chunk in download.chunks_of(ledger.pending(), 256):  # each "fetched" into its chunk record
-                    records.write(chunk, [row(chunk.cls, int(u.rsplit("/", 1)[1][:-4])) for u in chunk.urls])
+                    records.write(chunk, [row(chunk.cls, url) for url in chunk.urls])
             ledger.save_manifest(cap)
             write_rows(Path(folder) / "manifest.csv", ledger.manifest())
             looked_up = sum(ledger.lists(r.path) for r in ledger.fetched("ok"))
