@@ -5,13 +5,15 @@ All three fetch from the same local mirror, which answers every request after
 interleaved. Each client runs in a process of its own, so its CPU time and peak
 memory are its own. Nothing leaves the machine: the mirror is on 127.0.0.1.
 
+The concurrent clients keep the same number of downloads in flight (512):
+
 - this project: the download step (`tasks.download.run`) as `dvc repro` runs it,
-  with 128 concurrent downloads in one process (`task_runner: thread`) and in
+  with 512 downloads in flight in one process (`task_runner: thread`) and 256 in
   each of 2 processes (`task_runner: process`, as img2dataset below): address
   checks, deadlines, validation by decoding, digest names, resize on store;
 - the tutorial's loop: requests.get, cv2.imdecode, cv2.imwrite, one URL after the
   other (a 200-URL sample: it is slow);
-- img2dataset: 2 processes x 128 threads, resizing like this project (longer side
+- img2dataset: 2 processes x 256 threads, resizing like this project (longer side
   to 512 only if bigger, no re-encoding otherwise), sha256 like this project.
 
 For each, its CPU time per validated image, and the mirror's CPU time per request
@@ -44,7 +46,7 @@ from common import ENV, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LATENCY_S = 0.2
-WORKERS = 128  # downloads in flight per process
+IN_FLIGHT = 512  # downloads in flight in each concurrent client, over all its processes
 PROCESSES = 2
 SEQUENTIAL_SAMPLE = 200
 BASE_IMAGES = 64
@@ -151,8 +153,9 @@ def client_project(urls: list[str], out: Path, processes: int) -> tuple[int, flo
     half = len(urls) // 2
     for cls, part in (("ships", urls[:half]), ("bikes", urls[half:])):
         files.write_text(out / paths.URLS / f"{cls}.txt", "\n".join(part) + "\n")
+    workers = IN_FLIGHT // processes
     cfg = validate({"data": {"images_per_class": None},
-                    "download": {"workers": WORKERS, "per_host": WORKERS, "min_images_per_class": 1,
+                    "download": {"workers": workers, "per_host": workers, "min_images_per_class": 1,
                                  "task_runner": "thread" if processes == 1 else "process", "processes": processes}})
     start, cpu = time.monotonic(), cpu_s()
     summary = download.run(cfg, out)
@@ -183,7 +186,7 @@ def client_img2dataset(urls: list[str], out: Path) -> tuple[int, float, float]:
     processes = PROCESSES
     start, cpu = time.monotonic(), cpu_s()
     download(url_list=str(out / "urls.txt"), input_format="txt", output_folder=str(out / "images"),
-             output_format="files", processes_count=processes, thread_count=WORKERS,
+             output_format="files", processes_count=processes, thread_count=IN_FLIGHT // processes,
              number_sample_per_shard=math.ceil(len(urls) / processes), image_size=512,
              resize_mode="keep_ratio_largest", resize_only_if_bigger=True, skip_reencode=True, min_image_size=32,
              timeout=10, retries=0, extract_exif=False, compute_hash="sha256", enable_wandb=False)

@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def limits(cfg: Download) -> web.Limits:
     return web.Limits(
         timeout_s=cfg.timeout_s, connect_timeout_s=cfg.connect_timeout_s, read_timeout_s=cfg.read_timeout_s,
         max_bytes=cfg.max_bytes, retries=cfg.retries, backoff_s=cfg.backoff_s, max_redirects=cfg.max_redirects,
-        per_host=cfg.per_host, allowed_hosts=frozenset(cfg.allowed_hosts),
+        in_flight=cfg.workers, per_host=cfg.per_host, allowed_hosts=frozenset(cfg.allowed_hosts),
     )
 
 
@@ -93,25 +93,37 @@ def limits(cfg: Download) -> web.Limits:
 
 
 class Downloader:
-    """A process's download threads and HTTP client, shared by the chunks it runs."""
+    """A process's HTTP client and validation threads, shared by the chunks it runs.
+
+    The fetcher keeps `download.workers` fetches in flight on one thread; each body
+    is validated and stored on a small pool of threads (OpenCV's decoding, hashing
+    and file writes let other threads run meanwhile), one per core.
+    """
 
     def __init__(self, cfg: Config, workdir: Path):
         self.cfg, self.workdir = cfg, workdir
         self.fetcher = web.Fetcher(limits(cfg.download))
-        self.pool = ThreadPoolExecutor(cfg.download.workers, thread_name_prefix="download")
+        self.pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="validate")
         self.roots = sources.local_roots(cfg.data, workdir)
         self.placeholders = frozenset(cfg.download.placeholder_digests)
 
     def close(self) -> None:
+        self.fetcher.close()  # first: what it had not finished goes through the pool as an error
         self.pool.shutdown(cancel_futures=True)
-        self.fetcher.close()
 
-    def fetch(self, url: str) -> web.Fetched:
-        if url.startswith("file:"):
-            return self.read_local(url)
-        if problem := web.url_problem(url):
-            return web.Fetched(b"", problem)
-        return self.fetcher.get(url)
+    def submit(self, url: str, cls: str) -> Future[Row]:
+        """Fetch, validate and store one URL in the background; every outcome is a row."""
+        row = Future()
+
+        def store(fetched: Future[web.Fetched]) -> None:
+            try:
+                row.set_result(self.store(url, cls, fetched.result()))
+            except BaseException as exc:  # the caller sees it when it asks for the row
+                row.set_exception(exc)
+
+        fetched = self.pool.submit(self.read_local, url) if url.startswith("file:") else self.fetcher.submit(url)
+        fetched.add_done_callback(lambda done: self.pool.submit(store, done))
+        return row
 
     def read_local(self, entry: str) -> web.Fetched:
         """A local source's file, read only from the folders the params name."""
@@ -127,11 +139,10 @@ class Downloader:
             return web.Fetched(b"", "too_large", 1)
         return web.Fetched(path.read_bytes(), "", 1)
 
-    def process(self, url: str, cls: str) -> Row:
-        """Fetch, validate and store one URL; every outcome is a row."""
+    def store(self, url: str, cls: str, got: web.Fetched) -> Row:
+        """Validate and store one fetched body: its row."""
         cfg = self.cfg.download
         row, start = Row(url=url, cls=cls), time.monotonic()
-        got = self.fetch(url)
         row.reason, row.attempts, row.bytes = got.reason, got.attempts, len(got.body)
         if got.ok:
             checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders)
@@ -143,7 +154,7 @@ class Downloader:
                 if not target.is_file():
                     files.write_bytes(target, stored)
                 row.status = "ok"
-        row.elapsed_s = round(time.monotonic() - start, 3)
+        row.elapsed_s = round(got.elapsed_s + time.monotonic() - start, 3)
         return row
 
 
@@ -259,11 +270,12 @@ class Records:
 def download_chunk(cfg: Config, chunk: Chunk, workdir: str | Path, on_url: Callable[[], None] | None = None) -> dict:
     """Download one chunk's URLs and record its rows; a small summary for the caller."""
     workdir = Path(workdir)
-    rows = []
     downloader = shared(cfg, workdir)
-    for future in [downloader.pool.submit(downloader.process, url, chunk.cls) for url in chunk.urls]:
-        rows.append(future.result())
-        if on_url:
-            on_url()
+    futures = [downloader.submit(url, chunk.cls) for url in chunk.urls]
+    if on_url:
+        for future in futures:
+            future.add_done_callback(lambda _: on_url())
+    wait(futures)  # one wake-up for the chunk, not one per URL
+    rows = [future.result() for future in futures]
     Records(workdir, cfg.download).write(chunk, rows)
     return {"class": chunk.cls, "urls": len(rows), "ok": sum(r.status == "ok" for r in rows), "pid": os.getpid()}

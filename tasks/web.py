@@ -4,20 +4,22 @@ Image URL lists point anywhere: at dead hosts, at servers that drip one byte a
 second or stream forever, at redirect loops, and at addresses inside the network
 the pipeline runs in. Every fetch here
 
-- goes to `http` or `https` only, and to a public address: every address a host
-  resolves to is checked (loopback, private, link-local, multicast, reserved and
-  unspecified ones are refused) unless the host is listed as allowed, and the
-  connection is made to the address that was checked, so a second DNS answer
-  cannot slip in. Redirects are followed here, hop by hop, each hop checked again;
-- has a connect timeout, a read timeout and one deadline for the whole fetch
-  (redirects, retries and the body included), and stops reading at a byte cap;
+- goes to `http` or `https` only, and to a public address: the address of every
+  connection is checked as it is opened (loopback, private, link-local, multicast,
+  reserved and unspecified ones are refused) unless the host is listed as allowed,
+  so what is checked is what is dialled, whatever DNS answers next. Redirects are
+  followed here, hop by hop, each hop's URL and connection checked again;
+- has a connect timeout, a read timeout (the longest silence) and one deadline for
+  the whole fetch (redirects, retries and the body included), and stops reading
+  at a byte cap (after decompression, so gzip bombs stop too);
 - retries connection errors, timeouts, 429 and 5xx with exponential backoff and
   jitter, honouring `Retry-After`, and never retries a 404 or a refusal;
 - ends in a `Fetched` with a short stable reason code instead of an exception.
 
-It speaks HTTP through urllib3, the library under requests, directly: requests'
-per-request work (sessions, cookies, hooks, environment lookups) adds nothing
-here and cost about a quarter of the download step's CPU time per image.
+Fetches run on libcurl's multi interface (pycurl), all of a process's on one
+thread: a transfer in flight costs a socket and a few callbacks, not a thread
+blocked in Python, so hundreds wait on slow hosts at once for little CPU (see
+docs/benchmarks.md). `Fetcher.submit` can be called from any thread.
 """
 
 from __future__ import annotations
@@ -27,42 +29,37 @@ import heapq
 import ipaddress
 import itertools
 import random
+import selectors
 import socket
 import threading
 import time
+from collections import Counter, defaultdict, deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urlsplit
 
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (DecodeError, HTTPError, NameResolutionError, NewConnectionError, ProtocolError,
-                                ReadTimeoutError, SSLError)
-from urllib3.exceptions import TimeoutError as HTTPTimeoutError
+import certifi
+import pycurl
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-READ_SIZE = 64 * 1024
 USER_AGENT = "alexnet-dag (image downloader)"
-
-
-class BlockedHost(Exception):
-    """The destination resolves to an address the rules refuse."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    """How long and how much one fetch may take, and where it may go."""
+    """How long and how much one fetch may take, where it may go, and how many run at once."""
 
     timeout_s: float = 10.0  # deadline for the whole fetch
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 5.0  # longest silence between two reads
+    read_timeout_s: float = 5.0  # longest silence while waiting for or reading a response
     max_bytes: int = 20_000_000
     retries: int = 2
     backoff_s: float = 0.5
     max_redirects: int = 5
-    per_host: int = 16  # concurrent connections to one host
+    in_flight: int = 64  # transfers at once
+    per_host: int = 16  # of them to one host
     allowed_hosts: frozenset[str] = frozenset()
 
 
@@ -71,6 +68,7 @@ class Fetched:
     body: bytes  # empty when the body went to a sink, or when there is none
     reason: str = ""  # "" on success, else a reason code
     attempts: int = 0
+    elapsed_s: float = 0.0  # from the first try to the end, waits for a free slot left out
 
     @property
     def ok(self) -> bool:
@@ -83,16 +81,6 @@ def refused_address(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
-
-
-def public_addresses(host: str, port: int) -> list[str]:
-    """The addresses `host` resolves to, or BlockedHost if any of them is refused."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    refused = [a for a in addresses if refused_address(a)]
-    if refused:
-        raise BlockedHost(f"{host} resolves to {refused[0]}")
-    return addresses
 
 
 def host_allowed(host: str, allowed: frozenset[str]) -> bool:
@@ -113,258 +101,357 @@ def url_problem(url: str) -> str:
     return "" if host else "invalid_url"
 
 
-class _Guarded:
-    """Mixed into urllib3's connections: check the resolved addresses, connect to one of them."""
-
-    allowed: frozenset[str] = frozenset()
-
-    def _new_conn(self):
-        host = self._dns_host
-        if host_allowed(host, self.allowed):
-            return super()._new_conn()
-        try:
-            addresses = public_addresses(host, self.port)
-        except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc
-        error: Exception = NewConnectionError(self, f"no address for {host}")
-        for address in addresses:  # connect to exactly what was checked
-            self._dns_host = address
-            try:
-                return super()._new_conn()
-            except OSError as exc:  # urllib3's connection errors are OSErrors
-                error = exc
-            finally:
-                self._dns_host = host
-        raise error
-
-
-class _Watchdog:
-    """Cuts a connection whose fetch is past its deadline, even while it waits for headers.
-
-    Read timeouts bound each wait for data, not the sum of them: a server that
-    drips its headers a byte at a time would hold a download forever. Shutting the
-    socket down from this thread ends the blocked read at once.
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int]] = []
-        self._watched: dict[int, object] = {}
-        self._ids = itertools.count()
-        self._closed = False
-        threading.Thread(target=self._run, name="fetch-deadlines", daemon=True).start()
-
-    @contextlib.contextmanager
-    def watch(self, conn, end: float):
-        key = next(self._ids)
-        with self._cond:
-            self._watched[key] = conn
-            heapq.heappush(self._heap, (end, key))
-            if self._heap[0][1] == key:  # the earliest deadline now: the watchdog waits too long
-                self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._watched.pop(key, None)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                while self._heap and self._heap[0][1] not in self._watched:
-                    heapq.heappop(self._heap)  # finished in time
-                wait = self._heap[0][0] - time.monotonic() if self._heap else None
-                if wait is None or wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                sock = getattr(self._watched.pop(heapq.heappop(self._heap)[1]), "sock", None)
-                with contextlib.suppress(OSError, AttributeError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Watched:
-    """Mixed into urllib3's pools: the request and its headers run under the fetch's deadline."""
-
-    watchdog: _Watchdog
-    deadlines: threading.local
-
-    def _make_request(self, conn, *args, **kwargs):
-        with self.watchdog.watch(conn, self.deadlines.current.end):
-            return super()._make_request(conn, *args, **kwargs)
-
-
-def _guarded_pools(limits: Limits, watchdog: _Watchdog, deadlines: threading.local) -> urllib3.PoolManager:
-    """A pool manager whose connections check addresses and whose requests keep the fetch's deadline."""
-    attrs = {"allowed": limits.allowed_hosts}
-    http = type("GuardedHTTPConnection", (_Guarded, HTTPConnection), attrs)
-    https = type("GuardedHTTPSConnection", (_Guarded, HTTPSConnection), attrs)
-    watched = {"watchdog": watchdog, "deadlines": deadlines}
-    # Made by hand, not from the environment: proxies and .netrc would bypass the rules.
-    manager = urllib3.PoolManager(num_pools=64, maxsize=limits.per_host, retries=False,
-                                  headers={**urllib3.util.make_headers(accept_encoding=True), "Accept": "*/*",
-                                           "User-Agent": USER_AGENT})
-    manager.pool_classes_by_scheme = {
-        "http": type("GuardedHTTPPool", (_Watched, HTTPConnectionPool), {"ConnectionCls": http, **watched}),
-        "https": type("GuardedHTTPSPool", (_Watched, HTTPSConnectionPool), {"ConnectionCls": https, **watched}),
-    }
-    return manager
-
-
-def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
+def _retry_after(value: bytes) -> float | None:
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
 
 
-class _Deadline:
-    """The time left for one fetch; waiting for our own host slot does not count."""
+# libcurl's errors, as reason codes: (reason, worth a retry). Anything else is a connection_error.
+CURL_ERRORS = {
+    pycurl.E_OPERATION_TIMEDOUT: ("timeout", True),
+    pycurl.E_FILESIZE_EXCEEDED: ("too_large", False),
+    pycurl.E_PARTIAL_FILE: ("truncated", True),
+    pycurl.E_BAD_CONTENT_ENCODING: ("truncated", True),
+    pycurl.E_URL_MALFORMAT: ("invalid_url", False),
+    pycurl.E_SSL_CONNECT_ERROR: ("tls_error", False),
+    pycurl.E_PEER_FAILED_VERIFICATION: ("tls_error", False),
+    pycurl.E_SSL_CERTPROBLEM: ("tls_error", False),
+    pycurl.E_SSL_CIPHER: ("tls_error", False),
+    pycurl.E_SSL_CACERT_BADFILE: ("tls_error", False),
+}
 
-    def __init__(self, seconds: float):
-        self.end = time.monotonic() + seconds
 
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def wait_for(self, slot: threading.BoundedSemaphore) -> None:
-        start = time.monotonic()
-        slot.acquire()
-        self.end += time.monotonic() - start
+def _started() -> Future:
+    """A future its caller cannot cancel: the fetch thread alone decides how it ends."""
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    return future
 
 
-class _Attempt(Exception):
-    """One attempt's failure: a reason code, whether to retry, and how long the server asked us to wait."""
+class _Transfer:
+    """One URL's fetch across its attempts and redirect hops; libcurl calls its callbacks."""
 
-    def __init__(self, reason: str, transient: bool = False, wait_s: float | None = None):
-        super().__init__(reason)
-        self.reason, self.transient, self.wait_s = reason, transient, wait_s
+    def __init__(self, url: str, sink: BinaryIO | None, limits: Limits):
+        self.first_url = self.url = url
+        self.sink, self.limits = sink, limits
+        self.future: Future[Fetched] = _started()
+        self.attempts = self.hops = 0
+        self.started = 0.0
+        self.end: float | None = None  # the deadline, from the first start; waits for a slot move it
+        self.queued_at = time.monotonic()
+        self.host = self.allowed = None
+        self.begin_hop()
+
+    def begin_hop(self) -> None:
+        parts = urlsplit(self.url)
+        self.host = f"{parts.hostname}:{parts.port}"
+        self.allowed = host_allowed(parts.hostname or "", self.limits.allowed_hosts)
+        self.parts: list[bytes] = []
+        self.size = self.status = 0
+        self.retry_after: float | None = None
+        self.refused = False  # a connection was refused by the address rules
+        self.sink_failed = False  # writing to the sink failed (a full disk, say)
+        self.quiet_until = 0.0
+
+    def done(self, fetched: Fetched) -> None:
+        fetched.attempts, fetched.elapsed_s = self.attempts, round(time.monotonic() - self.started, 3)
+        self.future.set_result(fetched)
+
+    # --- libcurl's callbacks (on the fetch thread) ---
+
+    def header(self, line: bytes) -> None:
+        self.quiet_until = time.monotonic() + self.limits.read_timeout_s
+        if line.startswith(b"HTTP/"):  # a new response (after a 100 Continue, say)
+            with contextlib.suppress(IndexError, ValueError):
+                self.status = int(line.split()[1])
+        elif line[:12].lower() == b"retry-after:":
+            self.retry_after = _retry_after(line[12:])
+
+    def write(self, data: bytes) -> int | None:
+        self.quiet_until = time.monotonic() + self.limits.read_timeout_s
+        if self.status >= 300:  # a redirect's or an error's body: not wanted
+            return None
+        self.size += len(data)
+        if self.size > self.limits.max_bytes:  # a body of unknown length that grew too long
+            return 0  # libcurl aborts the transfer
+        if self.sink is None:
+            self.parts.append(data)
+            return None
+        try:
+            self.sink.write(data)
+        except OSError:
+            self.sink_failed = True
+            return 0
+        return None
+
+    def open_socket(self, purpose: int, address) -> socket.socket | int:
+        if not self.allowed and refused_address(address.addr[0]):
+            self.refused = True
+            return pycurl.SOCKET_BAD
+        return socket.socket(address.family, address.socktype, address.protocol)
+
+
+class _Multi:
+    """libcurl's multi interface, driven by the sockets and the timer it asks us to watch."""
+
+    def __init__(self):
+        self.curl = pycurl.CurlMulti()
+        self.selector = selectors.DefaultSelector()
+        self.timer: float | None = None  # when libcurl wants to be called back without socket activity
+        self.curl.setopt(pycurl.M_SOCKETFUNCTION, self._watch)
+        self.curl.setopt(pycurl.M_TIMERFUNCTION, self._set_timer)
+        self.wake_r, self.wake_w = socket.socketpair()
+        for end in (self.wake_r, self.wake_w):
+            end.setblocking(False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+
+    def _watch(self, what: int, fd: int, multi, data) -> None:
+        if what == pycurl.POLL_REMOVE:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+            return
+        events = {pycurl.POLL_IN: selectors.EVENT_READ, pycurl.POLL_OUT: selectors.EVENT_WRITE,
+                  pycurl.POLL_INOUT: selectors.EVENT_READ | selectors.EVENT_WRITE}[what]
+        try:
+            self.selector.modify(fd, events)
+        except KeyError:
+            self.selector.register(fd, events)
+
+    def _set_timer(self, ms: int) -> None:
+        self.timer = None if ms < 0 else time.monotonic() + ms / 1000
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop all the same
+            self.wake_w.send(b"\0")
+
+    def wait(self, timeout: float | None) -> list[tuple[pycurl.Curl, int]]:
+        """Run what is ready within `timeout` seconds; the handles that finished, each with libcurl's error (0: none)."""
+        if self.timer is not None:
+            timeout = max(0.0, self.timer - time.monotonic()) if timeout is None else min(
+                timeout, max(0.0, self.timer - time.monotonic()))
+        for key, events in self.selector.select(timeout):
+            if key.fileobj is self.wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    self.wake_r.recv(4096)
+                continue
+            flags = (pycurl.CSELECT_IN if events & selectors.EVENT_READ else 0) | (
+                pycurl.CSELECT_OUT if events & selectors.EVENT_WRITE else 0)
+            self.curl.socket_action(key.fd, flags)
+        if self.timer is not None and self.timer <= time.monotonic():
+            self.timer = None
+            self.curl.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+        finished = []
+        while True:
+            left, ok, failed = self.curl.info_read()
+            finished += [(handle, 0) for handle in ok] + [(handle, errno) for handle, errno, _ in failed]
+            if not left:
+                return finished
+
+    def close(self) -> None:
+        self.curl.close()
+        self.selector.close()
+        self.wake_r.close()
+        self.wake_w.close()
 
 
 class Fetcher:
-    """GET under `Limits`; thread-safe, one connection pool per host."""
+    """GETs under `Limits`: up to `in_flight` at once (`per_host` to one host), on one thread.
+
+    `submit` (any thread) returns a future; `get` waits for it. Transfers that wait
+    for a free slot wait in order, and that wait does not count against their deadline.
+    """
 
     def __init__(self, limits: Limits):
         self.limits = limits
-        self._watchdog, self._deadlines = _Watchdog(), threading.local()
-        self.pools = _guarded_pools(limits, self._watchdog, self._deadlines)
-        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+        self._multi = _Multi()
+        self._inbox: deque[_Transfer] = deque()  # from other threads
+        self._queue: deque[_Transfer] = deque()  # waiting for a slot
+        self._parked: defaultdict[str, deque[_Transfer]] = defaultdict(deque)  # waiting for their host
+        self._per_host: Counter[str] = Counter()
+        self._running: dict[pycurl.Curl, _Transfer] = {}
+        self._idle: list[pycurl.Curl] = []
+        self._later: list[tuple[float, int, _Transfer]] = []  # retries waiting out their backoff
+        self._order = itertools.count()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fetch", daemon=True)
+        self._thread.start()
 
-    def close(self) -> None:
-        self.pools.clear()
-        self._watchdog.close()
-
-    def _host_slot(self, url: str) -> threading.BoundedSemaphore:
-        parts = urlsplit(url)
-        key = f"{parts.hostname}:{parts.port}"
-        slot = self._hosts.get(key)  # setdefault is atomic: two threads never get different slots
-        return slot or self._hosts.setdefault(key, threading.BoundedSemaphore(self.limits.per_host))
+    def submit(self, url: str, sink: BinaryIO | None = None) -> Future[Fetched]:
+        """Fetch `url` in the background. With `sink` (a file), the body is written there instead."""
+        if not url.isascii():  # libcurl takes URLs as ASCII: escape the rest as browsers do
+            url = quote(url, safe=":/?#[]@!$&'()*+,;=%~")
+        if problem := url_problem(url):
+            future = _started()
+            future.set_result(Fetched(b"", problem))
+            return future
+        if self._closed:
+            raise RuntimeError("the fetcher is closed")
+        transfer = _Transfer(url, sink, self.limits)
+        self._inbox.append(transfer)
+        self._multi.wake()
+        return transfer.future
 
     def get(self, url: str, sink: BinaryIO | None = None) -> Fetched:
-        """The body of `url`, or why not. With `sink` (a file), the body is written there instead."""
-        deadline = _Deadline(self.limits.timeout_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return Fetched(self._attempt(url, deadline, sink), attempts=attempt)
-            except _Attempt as failure:
-                left = deadline.left()
-                if not failure.transient or attempt > self.limits.retries:
-                    return Fetched(b"", failure.reason, attempt)
-                pause = self.limits.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-                if failure.wait_s is not None:
-                    pause = max(pause, failure.wait_s)
-                if pause >= left:  # no time for another try
-                    return Fetched(b"", failure.reason, attempt)
-                time.sleep(pause)
+        return self.submit(url, sink).result()
 
-    def _attempt(self, url: str, deadline: _Deadline, sink) -> bytes:
-        for _ in range(self.limits.max_redirects + 1):
-            if problem := url_problem(url):
-                raise _Attempt(problem)
-            slot = self._host_slot(url)
-            deadline.wait_for(slot)
-            try:
-                with self._request(url, deadline) as response:
-                    if location := response.get_redirect_location():
-                        url = urljoin(url, location)
-                        continue
-                    if response.status >= 400:
-                        code = response.status
-                        raise _Attempt(f"http_{code}", code in TRANSIENT_STATUS, _retry_after(response))
-                    return self._read(response, deadline, sink)
-            finally:
-                slot.release()
-        raise _Attempt("too_many_redirects")
+    def close(self) -> None:
+        """Stop; fetches not finished yet end with a RuntimeError."""
+        self._closed = True
+        self._multi.wake()
+        self._thread.join()
 
-    def _request(self, url: str, deadline: _Deadline) -> urllib3.BaseHTTPResponse:
-        left = deadline.left()
-        if left <= 0:
-            raise _Attempt("timeout")
-        timeout = urllib3.Timeout(connect=min(self.limits.connect_timeout_s, left),
-                                  read=min(self.limits.read_timeout_s, left))
-        self._deadlines.current = deadline
+    def __enter__(self) -> "Fetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the fetch thread ---
+
+    def _run(self) -> None:
+        tick = min(0.05, self.limits.read_timeout_s / 5)  # how often silences are checked
+        next_sweep = 0.0
         try:
-            return self.pools.urlopen("GET", url, redirect=False, retries=False, preload_content=False,
-                                      timeout=timeout)
-        except BlockedHost:  # raised while connecting; urllib3 lets it through
-            raise _Attempt("blocked_host") from None
-        except ValueError:  # urllib3's LocationValueError, http.client's InvalidURL, a UnicodeError
-            raise _Attempt("invalid_url") from None
-        except (HTTPError, OSError) as exc:
-            if deadline.left() <= 0:  # cut by the watchdog
-                raise _Attempt("timeout") from None
-            if isinstance(exc, SSLError):
-                raise _Attempt("tls_error") from None
-            if isinstance(exc, HTTPTimeoutError) and not isinstance(exc, NewConnectionError):  # connect or read
-                raise _Attempt("timeout", transient=True) from None
-            raise _Attempt("connection_error", transient=True) from None
+            while not self._closed:
+                while self._inbox:
+                    self._queue.append(self._inbox.popleft())
+                now = time.monotonic()
+                while self._later and self._later[0][0] <= now:
+                    _, _, transfer = heapq.heappop(self._later)
+                    transfer.queued_at = now
+                    self._queue.append(transfer)
+                self._start_ready()
+                waits = [self._later[0][0] - now] if self._later else []
+                if self._running:
+                    if now >= next_sweep:
+                        self._cut_silent(now)
+                        next_sweep = now + tick
+                    waits.append(next_sweep - now)
+                for handle, errno in self._multi.wait(max(0.0, min(waits)) if waits else None):
+                    self._finished(handle, errno)
+        finally:
+            for transfer in [*self._inbox, *self._queue, *self._running.values(),
+                             *(t for _, _, t in self._later), *itertools.chain(*self._parked.values())]:
+                transfer.future.set_exception(RuntimeError("the fetcher was closed before this fetch ended"))
+            for handle in [*self._running, *self._idle]:
+                handle.close()
+            self._multi.close()
 
-    def _read(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline, sink) -> bytes:
-        """The body, streamed: cut at the byte cap and at the deadline, however slowly it drips."""
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.limits.max_bytes:
-            raise _Attempt("too_large")
-        body, size = bytearray(), 0
-        if sink is not None:  # a retry starts the file again
-            sink.seek(0)
-            sink.truncate()
-        try:
-            while True:
-                left = deadline.left()
-                if left <= 0:
-                    raise _Attempt("timeout", transient=True)
-                _limit_silence(response, min(self.limits.read_timeout_s, left))
-                piece = response.read1(READ_SIZE, decode_content=True)
-                if not piece:
-                    break
-                size += len(piece)
-                if size > self.limits.max_bytes:
-                    raise _Attempt("too_large")
-                if sink is None:
-                    body += piece
-                else:
-                    sink.write(piece)
-        except (ReadTimeoutError, socket.timeout):
-            raise _Attempt("timeout", transient=True) from None
-        except (ProtocolError, DecodeError, OSError):  # cut mid-body, or a broken chunked or gzip stream
-            raise _Attempt("truncated", transient=True) from None
-        return bytes(body)
+    def _start_ready(self) -> None:
+        while self._queue and len(self._running) < self.limits.in_flight:
+            transfer = self._queue.popleft()
+            if self._per_host[transfer.host] >= self.limits.per_host:
+                self._parked[transfer.host].append(transfer)
+            else:
+                self._start(transfer)
 
+    def _handle(self) -> pycurl.Curl:
+        if self._idle:
+            return self._idle.pop()
+        handle = pycurl.Curl()
+        for option, value in (
+            (pycurl.NOSIGNAL, 1),
+            (pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),
+            (pycurl.FOLLOWLOCATION, 0),  # followed here, hop by hop
+            (pycurl.PROXY, ""),  # never from the environment: a proxy would bypass the address rules
+            (pycurl.ACCEPT_ENCODING, ""),  # what libcurl can decode; the byte cap counts decoded bytes
+            (pycurl.MAXFILESIZE_LARGE, self.limits.max_bytes),
+            (pycurl.USERAGENT, USER_AGENT),
+            (pycurl.HTTPHEADER, ["Accept: */*"]),
+            (pycurl.CAINFO, certifi.where()),
+        ):
+            handle.setopt(option, value)
+        return handle
 
-def _limit_silence(response: urllib3.BaseHTTPResponse, seconds: float) -> None:
-    """Give the next socket read at most `seconds`, so the deadline holds during a slow body."""
-    sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(max(seconds, 0.001))
+    def _start(self, transfer: _Transfer) -> None:
+        now = time.monotonic()
+        if transfer.end is None:
+            transfer.started, transfer.end = now, now + self.limits.timeout_s
+        else:
+            waited = now - transfer.queued_at
+            transfer.started += waited
+            transfer.end += waited
+        if transfer.hops == 0:  # a new attempt
+            transfer.attempts += 1
+            if transfer.sink is not None:
+                transfer.sink.seek(0)
+                transfer.sink.truncate()
+        left = transfer.end - now
+        transfer.quiet_until = now + self.limits.connect_timeout_s + self.limits.read_timeout_s
+        handle = self._handle()
+        handle.setopt(pycurl.URL, transfer.url)
+        handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(1000 * min(self.limits.connect_timeout_s, left))))
+        handle.setopt(pycurl.TIMEOUT_MS, max(1, int(1000 * left)))
+        handle.setopt(pycurl.HEADERFUNCTION, transfer.header)
+        handle.setopt(pycurl.WRITEFUNCTION, transfer.write)
+        handle.setopt(pycurl.OPENSOCKETFUNCTION, transfer.open_socket)
+        self._per_host[transfer.host] += 1
+        self._running[handle] = transfer
+        self._multi.curl.add_handle(handle)
 
+    def _release(self, handle: pycurl.Curl) -> _Transfer:
+        transfer = self._running.pop(handle)
+        self._multi.curl.remove_handle(handle)
+        self._idle.append(handle)
+        self._per_host[transfer.host] -= 1
+        if parked := self._parked.get(transfer.host):
+            self._queue.appendleft(parked.popleft())  # first in line: it has waited longest
+            if not parked:
+                del self._parked[transfer.host]
+        if not self._per_host[transfer.host]:
+            del self._per_host[transfer.host]
+        return transfer
+
+    def _cut_silent(self, now: float) -> None:
+        """End transfers silent for longer than the read timeout (libcurl only bounds whole-second stalls)."""
+        for handle in [h for h, t in self._running.items() if t.quiet_until < now]:
+            self._failed(self._release(handle), "timeout", transient=True)
+
+    def _finished(self, handle: pycurl.Curl, errno: int) -> None:
+        location = handle.getinfo(pycurl.REDIRECT_URL) if not errno else None
+        transfer = self._release(handle)
+        if errno:
+            reason, transient = CURL_ERRORS.get(errno, ("connection_error", True))
+            if transfer.refused and errno == pycurl.E_COULDNT_CONNECT:
+                reason, transient = "blocked_host", False
+            elif errno == pycurl.E_WRITE_ERROR:  # the write callback stopped it
+                reason, transient = ("write_error" if transfer.sink_failed else "too_large"), False
+            elif errno in (pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING) and transfer.status:  # cut mid-response
+                reason = "truncated"
+            self._failed(transfer, reason, transient)
+        elif 300 <= transfer.status < 400 and location:
+            self._redirect(transfer, location)
+        elif transfer.status >= 400:
+            status = transfer.status
+            self._failed(transfer, f"http_{status}", status in TRANSIENT_STATUS, transfer.retry_after)
+        else:
+            transfer.done(Fetched(b"".join(transfer.parts)))
+
+    def _redirect(self, transfer: _Transfer, location: str) -> None:
+        transfer.hops += 1
+        if transfer.hops > self.limits.max_redirects:
+            return self._failed(transfer, "too_many_redirects", transient=False)
+        if problem := url_problem(location):
+            return self._failed(transfer, problem, transient=False)
+        transfer.url = location
+        transfer.begin_hop()
+        transfer.queued_at = time.monotonic()
+        self._queue.append(transfer)
+
+    def _failed(self, transfer: _Transfer, reason: str, transient: bool, wait_s: float | None = None) -> None:
+        """Retry after a backoff if it is worth it and there is time; else the fetch ends with `reason`."""
+        now = time.monotonic()
+        pause = self.limits.backoff_s * 2 ** (transfer.attempts - 1) * random.uniform(0.5, 1.5)
+        if wait_s is not None:
+            pause = max(pause, wait_s)
+        if not transient or transfer.attempts > self.limits.retries or pause >= transfer.end - now:
+            transfer.done(Fetched(b"", reason))
+            return
+        transfer.url, transfer.hops = transfer.first_url, 0
+        transfer.begin_hop()
+        heapq.heappush(self._later, (now + pause, next(self._order), transfer))

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
 import io
+import ipaddress
 import socket
+import ssl
+import threading
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import urllib3
 
 from conftest import merge
 from hostile import BODIES, HostileServer
@@ -222,11 +226,72 @@ def test_rerun_skips_urls_already_ok_and_retries_failed_ones(tmp_path, host):
     assert host.hits["/good.jpg"] == 2
 
 
+def fetcher(**limits) -> web.Fetcher:
+    return web.Fetcher(web.Limits(**{"allowed_hosts": frozenset({"127.0.0.1"}), **limits}))
+
+
 def test_a_body_streamed_to_a_file_starts_again_on_a_retry(host):
-    with io.BytesIO() as sink:
-        got = web.Fetcher(web.Limits(retries=1, backoff_s=0, allowed_hosts=frozenset({"127.0.0.1"}))).get(
-            host.url("/cut-once.jpg"), sink=sink)
+    with io.BytesIO() as sink, fetcher(retries=1, backoff_s=0) as client:
+        got = client.get(host.url("/cut-once.jpg"), sink=sink)
         assert got.ok and got.attempts == 2 and sink.getvalue() == BODIES["/good.jpg"]
+
+
+def test_one_thread_keeps_in_flight_transfers_going_over_all_hosts(host):
+    host.slow_s = 0.3
+    hosts = ["127.0.0.1", "localhost"] * 32  # two host names, one server
+    urls = [host.url(f"/slow/{i}.jpg", name) for i, name in enumerate(hosts)]
+    threads = threading.active_count()
+    with fetcher(in_flight=48, per_host=32, allowed_hosts=frozenset(hosts)) as client:
+        assert threading.active_count() == threads + 1
+        got = [future.result() for future in [client.submit(url) for url in urls]]
+    assert all(g.ok for g in got)
+    assert host.most_in_flight == 48  # at once, and never more, over both host names
+
+
+def test_closing_a_fetcher_ends_its_unfinished_fetches_instead_of_leaving_them_waiting(host):
+    client = fetcher()
+    pending = client.submit(host.url("/hang.jpg"))
+    deadline = time.monotonic() + 10
+    while not host.hits["/hang.jpg"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pending.result(timeout=5)
+    with pytest.raises(RuntimeError, match="closed"):
+        client.submit(host.url("/good.jpg"))
+
+
+@pytest.fixture
+def tls_host(tmp_path):
+    """An HTTPS image host on 127.0.0.1 whose certificate no authority signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = HostileServer()
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    with server:
+        yield server
+
+
+def test_certificates_are_verified(tls_host):
+    with fetcher(retries=0, timeout_s=5) as client:
+        got = client.get(tls_host.url("/good.jpg").replace("http:", "https:"))
+    assert got.reason == "tls_error" and tls_host.hits["/good.jpg"] == 0
 
 
 # --- where a URL may go -----------------------------------------------------------------
@@ -254,24 +319,24 @@ def test_forbidden_destinations_are_refused_after_resolution_and_on_every_hop(tm
     assert manifest["status"].tolist() == ["ok"]
 
 
-def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
-    """A second DNS answer (rebinding) is never asked for: the checked address is the one dialled."""
-    answers = iter(["93.184.216.34", "127.0.0.1"])
-    resolved, dialled = [], []
+def test_the_address_rules_judge_each_socket_libcurl_opens(monkeypatch, host):
+    """No lookup of our own: each address is judged as a connection to it is opened, so what
+    was checked is what is dialled, whatever a second DNS answer (rebinding) would say."""
+    judged = []
+    judge = web._Transfer.open_socket
 
-    def getaddrinfo(host, port, *args, **kwargs):
-        resolved.append(host)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+    def spy(self, purpose, address):
+        judged.append(address.addr[0])
+        return judge(self, purpose, address)
 
-    def create_connection(address, *args, **kwargs):
-        dialled.append(address[0])
-        raise OSError("no traffic leaves this test")
-
-    monkeypatch.setattr(web.socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(urllib3.connection.connection, "create_connection", create_connection)
-    got = web.Fetcher(web.Limits(retries=0, timeout_s=2)).get("http://images.example/a.jpg")
-    assert got.reason == "connection_error"
-    assert resolved == ["images.example"] and dialled == ["93.184.216.34"]
+    monkeypatch.setattr(web._Transfer, "open_socket", spy)
+    fetcher = web.Fetcher(web.Limits(retries=0, timeout_s=2))
+    try:
+        got = fetcher.get(host.url("/good.jpg", host="localhost"))
+    finally:
+        fetcher.close()
+    assert got.reason == "blocked_host" and host.hits["/good.jpg"] == 0
+    assert judged and set(judged) <= {"127.0.0.1", "::1"}  # every address localhost has, each refused
 
 
 def test_local_files_are_read_only_from_configured_folders(tmp_path):
