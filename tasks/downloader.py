@@ -12,9 +12,7 @@ killed at any moment resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import ctypes
 import hashlib
 import json
 import multiprocessing
@@ -173,26 +171,9 @@ def shared(cfg: Config, workdir: Path) -> Downloader:
         return _current
 
 
-M_ARENA_MAX = -8  # glibc's mallopt() parameter number
-
-
 def init_worker() -> None:
-    """A worker process's start, before any download thread: few heaps, and end with the parent."""
-    few_heaps()
+    """A worker process's start: it ends with the process that started it."""
     exit_with_parent()
-
-
-def few_heaps(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas in this process (a no-op where there is no mallopt).
-
-    glibc allows 8 arenas per core, and 128 download threads spread their decoded
-    images over all of them; each arena keeps its own freed, fragmented memory, so
-    a long run creeps up. A download process runs Python on one thread at a time,
-    so two arenas serve it as fast (see docs/benchmarks.md). Only for a fresh
-    process: glibc fixes its arena limit once it has made more than a few.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
 
 
 def exit_with_parent() -> None:

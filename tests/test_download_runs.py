@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -168,35 +167,3 @@ def test_without_prefect_chunks_run_on_threads_or_worker_processes_alike(tmp_pat
     (images, manifest), (reference_images, reference_manifest) = snapshot(folder), snapshot(reference)
     assert images == reference_images
     pd.testing.assert_frame_equal(manifest, reference_manifest)
-
-
-HEAPS = """
-import ctypes, sys, tempfile, threading
-from tasks import downloader
-if sys.argv[1] == "worker":
-    downloader.init_worker()
-libc = ctypes.CDLL(None)
-libc.fopen.restype = ctypes.c_void_p
-start, kept = threading.Barrier(16), []
-
-def allocate():  # a new thread's first malloc() takes an arena of its own while glibc allows one more
-    start.wait()
-    kept.append(bytearray(4000))
-
-threads = [threading.Thread(target=allocate) for _ in range(16)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-with tempfile.NamedTemporaryFile("r") as report:
-    out = libc.fopen(report.name.encode(), b"w")
-    libc.malloc_info(0, ctypes.c_void_p(out))
-    libc.fclose(ctypes.c_void_p(out))
-    print(report.read().count("<heap nr="))
-"""
-
-
-@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "malloc_info"), reason="needs glibc")
-def test_a_download_worker_process_keeps_its_threads_on_two_malloc_heaps():
-    heaps = {kind: int(subprocess.run([sys.executable, "-c", HEAPS, kind], capture_output=True, text=True,
-                                      check=True, cwd=Path(__file__).parents[1]).stdout)
-             for kind in ("worker", "plain")}
-    assert heaps["worker"] <= 2 < heaps["plain"]
