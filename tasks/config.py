@@ -123,7 +123,7 @@ class Data(Section):
 
 class Download(Section):
     # Downloads in flight per process (cheap: one thread drives them all), and at most this many to one host.
-    workers: int = Field(default=128, ge=1, le=4096)
+    workers: int = Field(default=128, ge=1, le=1024)
     per_host: int = Field(default=16, ge=1, le=1024)
     # One deadline per URL for everything (connects, redirects, retries, the body),
     # so slow drips and endless streams are cut; plus per-connect and per-read limits.
