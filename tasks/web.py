@@ -28,9 +28,11 @@ import contextlib
 import heapq
 import ipaddress
 import itertools
+import os
 import random
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -41,8 +43,25 @@ from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
 import certifi
-import pycurl
 
+
+def _load_pycurl():
+    """pycurl, bound to the libcurl its wheel ships.
+
+    TensorFlow puts a libcurl of its own in the process's global symbol table; a
+    pycurl loaded after it would bind to that older one and refuse to load.
+    RTLD_DEEPBIND makes pycurl's module look up its own libraries first.
+    """
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))
+    try:
+        import pycurl
+    finally:
+        sys.setdlopenflags(flags)
+    return pycurl
+
+
+pycurl = _load_pycurl()
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 USER_AGENT = "alexnet-dag (image downloader)"
 

@@ -7,6 +7,8 @@ import io
 import ipaddress
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -259,6 +261,19 @@ def test_closing_a_fetcher_ends_its_unfinished_fetches_instead_of_leaving_them_w
         pending.result(timeout=5)
     with pytest.raises(RuntimeError, match="closed"):
         client.submit(host.url("/good.jpg"))
+
+
+def test_the_fetcher_works_in_a_process_that_loaded_tensorflow_first(host):
+    """TensorFlow brings a libcurl of its own into the process (the flow imports it before
+    downloading); the fetcher must still load, and use the libcurl pycurl ships with."""
+    code = ("import sys, tensorflow\n"
+            "from tasks import web\n"
+            "with web.Fetcher(web.Limits(allowed_hosts=frozenset({'127.0.0.1'}))) as client:\n"
+            "    print('fetched', client.get(sys.argv[1]).ok)\n")
+    done = subprocess.run([sys.executable, "-c", code, host.url("/good.jpg")], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fetched True" in done.stdout
 
 
 @pytest.fixture
