@@ -63,6 +63,7 @@ def _load_pycurl():
 
 pycurl = _load_pycurl()
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+URL_CHARACTERS = ":/?#[]@!$&'()*+,;=%~"  # left as they are; others are %-escaped
 USER_AGENT = "alexnet-dag (image downloader)"
 
 
@@ -245,7 +246,7 @@ class _Multi:
         self.timer = None if ms < 0 else time.monotonic() + ms / 1000
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop all the same
+        with contextlib.suppress(OSError):  # a full pipe wakes the loop all the same; a closed one has no loop
             self.wake_w.send(b"\0")
 
     def wait(self, timeout: float | None) -> list[tuple[pycurl.Curl, int]]:
@@ -297,21 +298,22 @@ class Fetcher:
         self._later: list[tuple[float, int, _Transfer]] = []  # retries waiting out their backoff
         self._order = itertools.count()
         self._closed = False
+        self._lock = threading.Lock()  # between submit and the fetch thread's end
         self._thread = threading.Thread(target=self._run, name="fetch", daemon=True)
         self._thread.start()
 
     def submit(self, url: str, sink: BinaryIO | None = None) -> Future[Fetched]:
         """Fetch `url` in the background. With `sink` (a file), the body is written there instead."""
-        if not url.isascii():  # libcurl takes URLs as ASCII: escape the rest as browsers do
-            url = quote(url, safe=":/?#[]@!$&'()*+,;=%~")
+        url = quote(url, safe=URL_CHARACTERS)  # as browsers do: spaces, controls and non-ASCII escaped
         if problem := url_problem(url):
             future = _started()
             future.set_result(Fetched(b"", problem))
             return future
-        if self._closed:
-            raise RuntimeError("the fetcher is closed")
         transfer = _Transfer(url, sink, self.limits)
-        self._inbox.append(transfer)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the fetcher is closed")
+            self._inbox.append(transfer)
         self._multi.wake()
         return transfer.future
 
@@ -320,7 +322,8 @@ class Fetcher:
 
     def close(self) -> None:
         """Stop; fetches not finished yet end with a RuntimeError."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._multi.wake()
         self._thread.join()
 
@@ -354,9 +357,13 @@ class Fetcher:
                 for handle, errno in self._multi.wait(max(0.0, min(waits)) if waits else None):
                     self._finished(handle, errno)
         finally:
+            with self._lock:
+                self._closed = True
+            error = sys.exc_info()[1]  # a bug, if not None: say so to every waiting caller
+            stopped = RuntimeError("the fetcher was closed before this fetch ended" + (f" ({error!r})" if error else ""))
             for transfer in [*self._inbox, *self._queue, *self._running.values(),
                              *(t for _, _, t in self._later), *itertools.chain(*self._parked.values())]:
-                transfer.future.set_exception(RuntimeError("the fetcher was closed before this fetch ended"))
+                transfer.future.set_exception(stopped)
             for handle in [*self._running, *self._idle]:
                 handle.close()
             self._multi.close()
@@ -398,8 +405,11 @@ class Fetcher:
         if transfer.hops == 0:  # a new attempt
             transfer.attempts += 1
             if transfer.sink is not None:
-                transfer.sink.seek(0)
-                transfer.sink.truncate()
+                try:
+                    transfer.sink.seek(0)
+                    transfer.sink.truncate()
+                except OSError:
+                    return transfer.done(Fetched(b"", "write_error"))
         left = transfer.end - now
         transfer.quiet_until = now + self.limits.connect_timeout_s + self.limits.read_timeout_s
         handle = self._handle()

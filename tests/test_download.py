@@ -238,6 +238,13 @@ def test_a_body_streamed_to_a_file_starts_again_on_a_retry(host):
         assert got.ok and got.attempts == 2 and sink.getvalue() == BODIES["/good.jpg"]
 
 
+def test_spaces_controls_and_non_ascii_in_urls_are_escaped_as_browsers_do(host):
+    with fetcher(retries=0) as client:
+        got = [client.get(host.url(path)) for path in ("/gööd.jpg", "/good .jpg", "/good\x00.jpg")]
+    assert [g.reason for g in got] == ["http_404"] * 3
+    assert host.hits["/g%C3%B6%C3%B6d.jpg"] == host.hits["/good%20.jpg"] == host.hits["/good%00.jpg"] == 1
+
+
 def test_one_thread_keeps_in_flight_transfers_going_over_all_hosts(host):
     host.slow_s = 0.3
     hosts = ["127.0.0.1", "localhost"] * 32  # two host names, one server
