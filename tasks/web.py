@@ -252,8 +252,8 @@ class _Multi:
     def wait(self, timeout: float | None) -> list[tuple[pycurl.Curl, int]]:
         """Run what is ready within `timeout` seconds; the handles that finished, each with libcurl's error (0: none)."""
         if self.timer is not None:
-            timeout = max(0.0, self.timer - time.monotonic()) if timeout is None else min(
-                timeout, max(0.0, self.timer - time.monotonic()))
+            due = max(0.0, self.timer - time.monotonic())
+            timeout = due if timeout is None else min(timeout, due)
         for key, events in self.selector.select(timeout):
             if key.fileobj is self.wake_r:
                 with contextlib.suppress(BlockingIOError):
