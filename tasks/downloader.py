@@ -3,7 +3,7 @@
 The download step (`tasks.download`) plans the chunks and merges their records;
 this module is what a chunk needs, and nothing heavier (no Prefect, no pandas),
 so that worker processes start fast. Each process keeps one `Downloader` (its
-download threads and connection pools) for all the chunks it runs.
+fetch thread, connections and validation threads) for all the chunks it runs.
 
 Each chunk records its finished rows in one CSV, written atomically under
 .alexnet/download/, and images are written atomically under their digest, so a run
@@ -188,7 +188,7 @@ def exit_with_parent() -> None:
 
 
 def close_shared() -> None:
-    """Stop this process's download threads and close its connections (the step's end)."""
+    """Stop this process's fetch and validation threads and close its connections (the step's end)."""
     global _current
     with _current_lock:
         if _current is not None:
