@@ -18,9 +18,10 @@ The concurrent clients keep the same number of downloads in flight (512):
 
 For each, its CPU time per validated image, and the mirror's CPU time per request
 while it ran (both share the machine's cores, so this says who spends them).
-Then this project alone (both ways) at 1,000 and 10,000 URLs: CPU time per validated image and
-peak memory (the largest sum of the resident memory of the step's process and its
-worker processes), which must not grow with the number of URLs.
+Then this project (both ways) and img2dataset at 1,000 and 10,000 URLs: images per
+second (img2dataset's start weighs less on the longer run), CPU time per validated
+image and peak memory (the largest sum of the resident memory of the client's process
+and its worker processes), which must not grow with the number of URLs.
 
     python bench/download.py [--urls 1000] [--rounds 2]
 """
@@ -253,7 +254,8 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved, so a busy minute hits all alike
             for kind in CLIENTS:
                 runs[kind].append(measure(kind, mirror, port, args.urls))
-        scale = {(kind, n): measure(kind, mirror, port, n) for kind in PROJECT for n in (1000, args.large)}
+        scale = {(kind, n): measure(kind, mirror, port, n) for n in (1000, args.large)
+                 for kind in (*PROJECT, "img2dataset")}
     finally:
         mirror.terminate()
         mirror.wait()
@@ -270,10 +272,11 @@ def main() -> None:
         ratios = " ".join(f"{rate[kind] / rate[base]:>15.1f}x" for base in BASELINES) if kind in PROJECT else ""
         print(f"{CLIENTS[kind][0]:<28} {rate[kind]:>8.1f} {each:>24} {cpu:>11.2f} {mirror_ms:>10.2f} {ratios}")
     print()
-    print("this project alone: CPU time per validated image (all its processes) and peak memory (their sum)")
-    print(f"{'client':<28} {'URLs':>7} {'img/s':>8} {'CPU ms/img':>11} {'peak MB':>8}")
+    print("by size, one run each: CPU time per validated image (all the client's processes), peak memory (their sum)")
+    print(f"{'client':<28} {'URLs':>7} {'img/s':>8} {'CPU ms/img':>11} {'peak MB':>8} {'vs img2dataset':>15}")
     for (kind, n), r in scale.items():
-        print(f"{CLIENTS[kind][0]:<28} {n:>7} {r['rate']:>8.1f} {r['cpu_ms']:>11.2f} {r['peak_mb']:>8.0f}")
+        ratio = f"{r['rate'] / scale[('img2dataset', n)]['rate']:>14.1f}x" if kind in PROJECT else ""
+        print(f"{CLIENTS[kind][0]:<28} {n:>7} {r['rate']:>8.1f} {r['cpu_ms']:>11.2f} {r['peak_mb']:>8.0f} {ratio}")
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
