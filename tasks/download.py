@@ -82,7 +82,7 @@ def _task_runner(cfg: Download, in_flight: int):
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
     if cfg.task_runner == "process":
-        return ProcessPoolTaskRunner(max_workers=processes(cfg), initializer=downloader.init_worker)
+        return ProcessPoolTaskRunner(max_workers=processes(cfg), initializer=downloader.exit_with_parent)
     return ThreadPoolTaskRunner(max_workers=in_flight)
 
 
@@ -139,7 +139,7 @@ def chunk_runner(cfg: Config, workdir: Path,
         # keeps its own downloader (tasks.downloader imports nothing heavy, so they start fast).
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(processes(cfg.download), mp_context=spawn,
-                                 initializer=downloader.init_worker) as pool:
+                                 initializer=downloader.exit_with_parent) as pool:
             yield counted(lambda c: pool.submit(download_chunk, cfg, c, workdir))
     else:  # chunks in this process count each URL as it finishes
         with ThreadPoolExecutor(in_flight, thread_name_prefix="chunk") as pool:

@@ -171,11 +171,6 @@ def shared(cfg: Config, workdir: Path) -> Downloader:
         return _current
 
 
-def init_worker() -> None:
-    """A worker process's start: it ends with the process that started it."""
-    exit_with_parent()
-
-
 def exit_with_parent() -> None:
     """In a worker process: end it when the process that started it ends, even by SIGKILL.
 

@@ -164,12 +164,11 @@ class _Transfer:
         self.started = 0.0
         self.end: float | None = None  # the deadline, from the first start; waits for a slot move it
         self.queued_at = time.monotonic()
-        self.host = self.allowed = None
         self.begin_hop()
 
     def begin_hop(self) -> None:
         parts = urlsplit(self.url)
-        self.host = f"{parts.hostname}:{parts.port}"
+        self.host = f"{parts.hostname}:{parts.port}"  # the key of its per-host slots
         self.allowed = host_allowed(parts.hostname or "", self.limits.allowed_hosts)
         self.parts: list[bytes] = []
         self.size = self.status = 0
