@@ -30,6 +30,10 @@ test: install
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
+	# img2dataset brings the `dataclasses` backport (for Python 3.6). Prefect's temporary
+	# server puts site-packages first on its path, where the backport would hide the
+	# standard library's module and stop the server from starting: remove it.
+	$(BIN)/pip uninstall --quiet --yes dataclasses
 	python bench/pipeline.py
 	python bench/download.py
 	python bench/ledger.py
