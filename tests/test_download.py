@@ -352,11 +352,8 @@ def test_the_address_rules_judge_each_socket_libcurl_opens(monkeypatch, host):
         return judge(self, purpose, address)
 
     monkeypatch.setattr(web._Transfer, "open_socket", spy)
-    fetcher = web.Fetcher(web.Limits(retries=0, timeout_s=2))
-    try:
-        got = fetcher.get(host.url("/good.jpg", host="localhost"))
-    finally:
-        fetcher.close()
+    with fetcher(retries=0, timeout_s=2, allowed_hosts=frozenset()) as client:
+        got = client.get(host.url("/good.jpg", host="localhost"))
     assert got.reason == "blocked_host" and host.hits["/good.jpg"] == 0
     assert judged and set(judged) <= {"127.0.0.1", "::1"}  # every address localhost has, each refused
 
