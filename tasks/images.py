@@ -97,7 +97,11 @@ def check(data: bytes, min_side: int, max_pixels: int, placeholders: frozenset[s
         return Checked(None, "decompression_bomb", digest)
     if looks_truncated(data):
         return Checked(None, "truncated", digest)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # A JPEG has no alpha and no 16 bits to keep: decoded as colour, it comes upright
+    # by its EXIF orientation, as later steps read a JPEG stored as it came (the
+    # unchanged mode ignores the tag, so a resized photo would be stored on its side).
+    flags = cv2.IMREAD_COLOR if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None or image.size == 0:
         return Checked(None, "corrupt" if data.startswith(IMAGE_MAGIC) else "not_image", digest)
     if image.shape[0] * image.shape[1] > max_pixels:  # a format Pillow could not read the header of

@@ -39,6 +39,14 @@ def cmyk_jpeg() -> bytes:
     return out.getvalue()
 
 
+def turned_jpeg(image: np.ndarray) -> bytes:
+    """A JPEG stored on its side whose EXIF orientation (6: turn 90 degrees clockwise) sets it upright, as cameras write."""
+    out, exif = io.BytesIO(), Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(image[:, :, ::-1]))).save(out, "JPEG", quality=90, exif=exif)
+    return out.getvalue()
+
+
 def alpha_png() -> bytes:
     rgba = np.zeros((60, 80, 4), np.uint8)
     rgba[:, :40] = (255, 0, 0, 255)  # opaque blue on the left, transparent on the right
@@ -63,6 +71,8 @@ BODIES = {
     "/alpha.png": alpha_png(),
     "/deep.png": png((photo(5).astype(np.uint16) * 257)),
     "/big.jpg": jpeg(photo(6, (300, 900))),
+    "/turned.jpg": turned_jpeg(photo(10)),
+    "/big-turned.jpg": turned_jpeg(photo(11, (300, 900))),
     "/dup-a.jpg": jpeg(photo(7)),
     "/dup-b.jpg": jpeg(photo(7)),
     "/shared.jpg": jpeg(photo(8)),

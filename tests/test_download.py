@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import merge
-from hostile import BODIES, HostileServer
+from hostile import BODIES, HostileServer, photo
 from tasks import download, downloader, files, paths, web
 from tasks.config import validate
 from tasks.step import StepError
@@ -76,6 +76,8 @@ EXPECTED = {
     "/alpha.png": ("ok", ""),
     "/deep.png": ("ok", ""),
     "/big.jpg": ("ok", ""),
+    "/turned.jpg": ("ok", ""),
+    "/big-turned.jpg": ("ok", ""),
     "/busy-once.jpg": ("ok", ""),
     "/down-once.jpg": ("ok", ""),
     "/hop/3": ("ok", ""),
@@ -113,10 +115,11 @@ def test_every_hostile_case_gets_its_reason_and_every_good_one_is_kept(tmp_path,
     assert "/slow-headers.jpg" in host.cut  # cut at the deadline, not when the headers ended
     assert {u: outcome(manifest, u)[1] for u in extra} == extra
     ok = manifest[manifest["status"] == "ok"]
-    for row in ok.itertuples():  # stored under its digest, 8-bit colour, dimensions as recorded
+    for row in ok.itertuples():  # stored under its digest, 8-bit colour, dimensions as later steps read it
         stored = cv2.imread(str(tmp_path / row.path), cv2.IMREAD_UNCHANGED)
         assert Path(row.path).stem == row.sha256 and Path(row.path).parent.name == row._2
-        assert stored.dtype == np.uint8 and stored.shape == (row.height, row.width, 3)
+        assert stored.dtype == np.uint8 and stored.ndim == 3 and stored.shape[2] == 3
+        assert cv2.imread(str(tmp_path / row.path), cv2.IMREAD_COLOR).shape == (row.height, row.width, 3)
     failed = manifest[manifest["status"] == "failed"]
     assert (failed["path"] == "").all() and (failed["reason"] != "").all()
     outcomes = manifest["status"].where(manifest["status"] == "ok", manifest["reason"])
@@ -134,7 +137,8 @@ def _closed_port() -> int:
 
 def test_conversions_keep_the_picture(tmp_path, host):
     manifest, _ = fetch(tmp_path, {"a": [host.url(p) for p in ("/good.jpg", "/cmyk.jpg", "/alpha.png", "/deep.png",
-                                                               "/gray.jpg", "/big.jpg")], "b": []})
+                                                               "/gray.jpg", "/big.jpg", "/turned.jpg",
+                                                               "/big-turned.jpg")], "b": []})
     path = dict(zip(manifest["url"].str.rsplit("/", n=1).str[1], manifest["path"]))
     read = {name: cv2.imread(str(tmp_path / p), cv2.IMREAD_UNCHANGED) for name, p in path.items()}
     assert (tmp_path / path["good.jpg"]).read_bytes() == BODIES["/good.jpg"]  # an RGB JPEG is stored as it came
@@ -143,6 +147,13 @@ def test_conversions_keep_the_picture(tmp_path, host):
     assert read["alpha.png"][:, 50:].min() > 240  # transparent over white
     assert read["gray.jpg"].shape[2] == 3 and read["deep.png"].dtype == np.uint8
     assert read["big.jpg"].shape[:2] == (171, 512)  # longer side shrunk to download.max_side
+    # EXIF orientation: upright as later steps read them (OpenCV applies it), resized or not.
+    upright = {name: cv2.imread(str(tmp_path / p), cv2.IMREAD_COLOR) for name, p in path.items()}
+    assert (tmp_path / path["turned.jpg"]).read_bytes() == BODIES["/turned.jpg"]  # its tag is kept
+    assert np.abs(upright["turned.jpg"].astype(int) - photo(10)).mean() < 8
+    assert np.abs(upright["big-turned.jpg"].astype(int) - cv2.resize(photo(11, (300, 900)), (512, 171))).mean() < 8
+    dims = manifest.set_index(manifest["url"].str.rsplit("/", n=1).str[1])[["height", "width"]]
+    assert tuple(dims.loc["turned.jpg"]) == (96, 128) and tuple(dims.loc["big-turned.jpg"]) == (171, 512)
 
 
 def test_retries_back_off_honour_retry_after_and_never_repeat_a_404(tmp_path, host):
