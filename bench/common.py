@@ -19,6 +19,7 @@ ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "AWS_EC2_METADATA_DISABLED": "true",
+    "NO_ALBUMENTATIONS_UPDATE": "1",  # img2dataset imports albumentations, which asks PyPI for news
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
 }
