@@ -14,7 +14,10 @@ The concurrent clients keep the same number of downloads in flight (512):
 - the tutorial's loop: requests.get, cv2.imdecode, cv2.imwrite, one URL after the
   other (a 200-URL sample: it is slow);
 - img2dataset: 2 processes x 256 threads, resizing like this project (longer side
-  to 512 only if bigger, no re-encoding otherwise), sha256 like this project.
+  to 512 only if bigger, no re-encoding otherwise), sha256 like this project;
+- for reference, this project's fetcher alone (`tasks.web.Fetcher`, 512 in flight):
+  the same fetches with nothing done to the bodies, which shows how much of the
+  step's time is the network and how much decoding, hashing and writing.
 
 For each, its CPU time per validated image, and the mirror's CPU time per request
 while it ran (both share the machine's cores, so this says who spends them).
@@ -163,6 +166,19 @@ def client_project(urls: list[str], out: Path, processes: int) -> tuple[int, flo
     return sum(summary["ok"].values()), time.monotonic() - start, cpu_s() - cpu
 
 
+def client_fetcher(urls: list[str], out: Path) -> tuple[int, float, float]:
+    """This project's fetcher alone: the same fetches, no decoding, no files (where the step's time goes)."""
+    sys.path.insert(0, str(REPO))
+    from concurrent.futures import wait
+
+    from tasks import web
+
+    start, cpu = time.monotonic(), cpu_s()
+    with web.Fetcher(web.Limits(in_flight=IN_FLIGHT, per_host=IN_FLIGHT, allowed_hosts=frozenset({"127.0.0.1"}))) as f:
+        done, _ = wait([f.submit(url) for url in urls])
+    return sum(d.result().ok for d in done), time.monotonic() - start, cpu_s() - cpu
+
+
 def client_sequential(urls: list[str], out: Path) -> tuple[int, float, float]:
     """The tutorial's loop, one URL after the other."""
     import cv2
@@ -201,6 +217,7 @@ CLIENTS = {  # name: (label, client)
     "project-processes": (f"this project, {PROCESSES} processes", lambda urls, out: client_project(urls, out, PROCESSES)),
     "sequential": ("the tutorial's loop", client_sequential),
     "img2dataset": (f"img2dataset, {PROCESSES} processes", client_img2dataset),
+    "fetcher": ("(this project's fetcher alone)", client_fetcher),
 }
 PROJECT, BASELINES = ("project", "project-processes"), ("sequential", "img2dataset")
 
@@ -271,6 +288,7 @@ def main() -> None:
         cpu, mirror_ms = (statistics.mean(r[k] for r in runs_of_kind) for k in ("cpu_ms", "mirror_ms"))
         ratios = " ".join(f"{rate[kind] / rate[base]:>15.1f}x" for base in BASELINES) if kind in PROJECT else ""
         print(f"{CLIENTS[kind][0]:<28} {rate[kind]:>8.1f} {each:>24} {cpu:>11.2f} {mirror_ms:>10.2f} {ratios}")
+    print("(the fetcher alone counts bodies fetched: it decodes and writes nothing)")
     print()
     print("by size, one run each: CPU time per validated image (all the client's processes), peak memory (their sum)")
     print(f"{'client':<28} {'URLs':>7} {'img/s':>8} {'CPU ms/img':>11} {'peak MB':>8} {'vs img2dataset':>15}")
