@@ -40,7 +40,8 @@ def cmyk_jpeg() -> bytes:
 
 
 def turned_jpeg(image: np.ndarray) -> bytes:
-    """A JPEG stored on its side whose EXIF orientation (6: turn 90 degrees clockwise) sets it upright, as cameras write."""
+    """A JPEG stored on its side with the EXIF orientation that sets it upright (6: turn 90 degrees clockwise),
+    as cameras write them."""
     out, exif = io.BytesIO(), Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(np.ascontiguousarray(np.rot90(image[:, :, ::-1]))).save(out, "JPEG", quality=90, exif=exif)
