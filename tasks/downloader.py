@@ -148,8 +148,8 @@ class Downloader:
             if checked.image is not None:
                 stored, ext, (row.height, row.width) = images.for_store(got.body, checked, cfg.max_side)
                 row.path = f"{paths.IMAGES}/{cls}/{checked.sha256}.{ext}"
-                target = self.workdir / row.path
-                if not target.is_file():
+                target = os.path.join(self.workdir, row.path)
+                if not os.path.isfile(target):
                     files.write_bytes(target, stored)
                 row.status = "ok"
         row.elapsed_s = round(got.elapsed_s + time.monotonic() - start, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -14,23 +15,30 @@ from typing import Any
 CHUNK = 1 << 20
 
 
+# Temp names: a random tag, the process id and a counter (unique without drawing random bytes each time).
+_TAG = secrets.token_hex(3)
+_serial = itertools.count()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it over `target` only on success.
 
     The temp name keeps the target's suffix, so writers that look at it (Keras
     wants `.h5`, OpenCV wants `.jpg`) work unchanged. A killed run leaves at most a
-    `.tmp-*` file, which readers never mistake for the real one. (Few system calls:
-    the download step writes thousands of images a minute through here.)
+    `.tmp-*` file, which readers never mistake for the real one. (Plain os calls
+    and strings: the download step writes thousands of images a minute through here.)
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}{target.suffix}")
+    folder, name = os.path.split(os.fspath(target))
+    tmp = os.path.join(folder, f".{name}.tmp-{_TAG}{os.getpid()}-{next(_serial)}{os.path.splitext(name)[1]}")
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder, exist_ok=True)
     try:
-        yield tmp
+        yield Path(tmp)
         os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 

@@ -9,12 +9,13 @@ Grayscale, CMYK, alpha and 16-bit images are converted to 8-bit colour and kept.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from tasks import files
 
@@ -48,15 +49,18 @@ class Checked:
 
 def _header(data: bytes) -> tuple[int, int, str, str] | None:
     """(width, height, format, mode) from the header alone, or None when Pillow cannot tell."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
+    try:
+        if data[:2] == b"\xff\xd8":  # most bodies: straight to Pillow's JPEG reader, skipping format detection
+            with JpegImagePlugin.JpegImageFile(io.BytesIO(data)) as header:
+                return header.width, header.height, "JPEG", header.mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as header:
                 return header.width, header.height, header.format or "", header.mode
-        except Image.DecompressionBombError:
-            return 1 << 31, 1 << 31, "", ""
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return None
+    except Image.DecompressionBombError:
+        return 1 << 31, 1 << 31, "", ""
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError, TypeError, struct.error):
+        return None  # what Image.open turns into UnidentifiedImageError, and what it lets through
 
 
 def looks_truncated(data: bytes) -> bool:
