@@ -290,8 +290,9 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     mirror = subprocess.Popen([sys.executable, __file__, "serve", str(port)], env=ENV)
-    # Every client's files stay until the end: deleting thousands of files between two
-    # clients would make the next one's file creation dearer (ext4 frees and discards).
+    # Every client's files stay until the end: right after thousands of files are deleted,
+    # creating one can cost ten times as much for a while (measured on ext4 with online
+    # discard), which would charge one client for the one before it.
     root = Path(tempfile.mkdtemp(prefix="bench-download-", dir=args.workdir))
     folders = (root / str(n) for n in itertools.count())
     try:
