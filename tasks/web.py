@@ -177,10 +177,6 @@ class _Transfer:
         self.sink_failed = False  # writing to the sink failed (a full disk, say)
         self.quiet_until = 0.0
 
-    def done(self, fetched: Fetched) -> None:
-        fetched.attempts, fetched.elapsed_s = self.attempts, round(time.monotonic() - self.started, 3)
-        self.future.set_result(fetched)
-
     # --- libcurl's callbacks (on the fetch thread) ---
 
     def header(self, line: bytes) -> None:
@@ -271,6 +267,10 @@ class _Multi:
             if not left:
                 return finished
 
+    def run_due(self) -> None:
+        """Let libcurl act on what is due now, such as starting transfers just added."""
+        self.curl.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+
     def close(self) -> None:
         self.curl.close()
         self.selector.close()
@@ -295,6 +295,7 @@ class Fetcher:
         self._running: dict[pycurl.Curl, _Transfer] = {}
         self._idle: list[pycurl.Curl] = []
         self._later: list[tuple[float, int, _Transfer]] = []  # retries waiting out their backoff
+        self._ended: list[tuple[Future[Fetched], Fetched]] = []  # results not handed over yet
         self._order = itertools.count()
         self._closed = False
         self._lock = threading.Lock()  # between submit and the fetch thread's end
@@ -355,9 +356,12 @@ class Fetcher:
                     waits.append(next_sweep - now)
                 for handle, errno in self._multi.wait(max(0.0, min(waits)) if waits else None):
                     self._finished(handle, errno)
+                self._hand_over()
         finally:
             with self._lock:
                 self._closed = True
+            for future, fetched in self._ended:
+                future.set_result(fetched)
             error = sys.exc_info()[1]  # a bug, if not None: say so to every waiting caller
             stopped = RuntimeError("the fetcher was closed before this fetch ended" + (f" ({error!r})" if error else ""))
             for transfer in [*self._inbox, *self._queue, *self._running.values(),
@@ -366,6 +370,24 @@ class Fetcher:
             for handle in [*self._running, *self._idle]:
                 handle.close()
             self._multi.close()
+
+    def _end(self, transfer: _Transfer, fetched: Fetched) -> None:
+        fetched.attempts, fetched.elapsed_s = transfer.attempts, round(time.monotonic() - transfer.started, 3)
+        self._ended.append((transfer.future, fetched))
+
+    def _hand_over(self) -> None:
+        """Start the transfers that ended ones made room for, then hand the results to their callers.
+
+        In that order, because a caller's callback (validating a body, say) wakes threads
+        that compete with this one for the interpreter: the next requests go out first.
+        """
+        if not self._ended:
+            return
+        self._start_ready()
+        self._multi.run_due()
+        ended, self._ended = self._ended, []
+        for future, fetched in ended:
+            future.set_result(fetched)
 
     def _start_ready(self) -> None:
         while self._queue and len(self._running) < self.limits.in_flight:
@@ -408,7 +430,7 @@ class Fetcher:
                     transfer.sink.seek(0)
                     transfer.sink.truncate()
                 except OSError:
-                    return transfer.done(Fetched(b"", "write_error"))
+                    return self._end(transfer, Fetched(b"", "write_error"))
         left = transfer.end - now
         transfer.quiet_until = now + self.limits.connect_timeout_s + self.limits.read_timeout_s
         handle = self._handle()
@@ -458,7 +480,7 @@ class Fetcher:
             status = transfer.status
             self._failed(transfer, f"http_{status}", status in TRANSIENT_STATUS, transfer.retry_after)
         else:
-            transfer.done(Fetched(b"".join(transfer.parts)))
+            self._end(transfer, Fetched(b"".join(transfer.parts)))
 
     def _redirect(self, transfer: _Transfer, location: str) -> None:
         transfer.hops += 1
@@ -478,7 +500,7 @@ class Fetcher:
         if wait_s is not None:
             pause = max(pause, wait_s)
         if not transient or transfer.attempts > self.limits.retries or pause >= transfer.end - now:
-            transfer.done(Fetched(b"", reason))
+            self._end(transfer, Fetched(b"", reason))
             return
         transfer.url, transfer.hops = transfer.first_url, 0
         transfer.begin_hop()
