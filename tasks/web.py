@@ -259,7 +259,7 @@ class _Multi:
             self.curl.socket_action(key.fd, flags)
         if self.timer is not None and self.timer <= time.monotonic():
             self.timer = None
-            self.curl.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+            self.run_due()
         finished = []
         while True:
             left, ok, failed = self.curl.info_read()
