@@ -313,8 +313,10 @@ class Fetcher:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the fetcher is closed")
+            first = not self._inbox  # later ones go with it: the fetch thread takes the whole inbox at once
             self._inbox.append(transfer)
-        self._multi.wake()
+        if first:
+            self._multi.wake()
         return transfer.future
 
     def get(self, url: str, sink: BinaryIO | None = None) -> Fetched:
@@ -340,8 +342,10 @@ class Fetcher:
         next_sweep = 0.0
         try:
             while not self._closed:
-                while self._inbox:
-                    self._queue.append(self._inbox.popleft())
+                if self._inbox:
+                    with self._lock:  # under submit's lock, so a submit that did not wake us is taken now
+                        self._queue.extend(self._inbox)
+                        self._inbox.clear()
                 now = time.monotonic()
                 while self._later and self._later[0][0] <= now:
                     _, _, transfer = heapq.heappop(self._later)

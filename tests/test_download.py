@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -266,6 +267,23 @@ def test_one_thread_keeps_in_flight_transfers_going_over_all_hosts(host):
         got = [future.result() for future in [client.submit(url) for url in urls]]
     assert all(g.ok for g in got)
     assert host.most_in_flight == 48  # at once, and never more, over both host names
+
+
+def test_urls_submitted_from_many_threads_at_once_are_all_fetched(host):
+    """Only a submit that finds the fetch thread's inbox empty wakes it, and a fetch thread
+    with nothing to do sleeps until woken: no URL may be left waiting in its inbox."""
+    together = threading.Barrier(8)
+    with fetcher(in_flight=4, per_host=4) as client:
+        def rounds(_) -> bool:  # each round, eight threads wake a fetch thread that has run dry
+            ok = True
+            for _ in range(20):
+                together.wait(timeout=10)
+                ok &= client.submit(host.url("/good.jpg")).result(timeout=5).ok
+            return ok
+
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(rounds, range(8)))
+    assert host.hits["/good.jpg"] == 160
 
 
 def test_closing_a_fetcher_ends_its_unfinished_fetches_instead_of_leaving_them_waiting(host):
