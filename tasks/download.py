@@ -205,18 +205,18 @@ def remove_unlisted(workdir: Path, listed: Callable[[str], bool]) -> None:
     Folders are read as streams (os.scandir), since a class can hold millions of images.
     """
 
-    def prune(folder: str) -> None:
+    def prune(folder: str, relative: str) -> None:  # relative: the folder as the manifest writes paths
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    prune(entry.path)
+                    prune(entry.path, f"{relative}/{entry.name}")
                     with contextlib.suppress(OSError):  # kept only if something is left in it
                         os.rmdir(entry.path)
-                elif not listed(Path(os.path.relpath(entry.path, workdir)).as_posix()):
+                elif not listed(f"{relative}/{entry.name}"):
                     os.unlink(entry.path)
 
     if (workdir / paths.IMAGES).is_dir():
-        prune(str(workdir / paths.IMAGES))
+        prune(str(workdir / paths.IMAGES), paths.IMAGES)
 
 
 def outcome_table(counts: Iterable[tuple[str, str, int]]) -> pd.DataFrame:

@@ -46,12 +46,9 @@ class Row:
     attempts: int = 0
     elapsed_s: float = 0.0
 
-    @classmethod
-    def from_record(cls, rec: dict) -> "Row":
-        rec = {**rec, "cls": rec["class"]}
-        kinds = {f.name: f.type for f in fields(cls)}
-        convert = {"int": int, "float": float, "str": str}
-        return cls(**{k: convert[kinds[k]](rec[k]) for k in kinds})
+
+FIELDS = tuple(f.name for f in fields(Row))  # in COLUMNS' order
+CONVERTERS = tuple({"int": int, "float": float, "str": str}[f.type] for f in fields(Row))  # from CSV text
 
 
 def write_rows(target: Path, rows: Iterable[Row]) -> None:
@@ -59,12 +56,17 @@ def write_rows(target: Path, rows: Iterable[Row]) -> None:
     with files.atomic_path(target) as tmp, open(tmp, "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(COLUMNS)
-        writer.writerows([getattr(r, "cls" if c == "class" else c) for c in COLUMNS] for r in rows)
+        writer.writerows([getattr(r, f) for f in FIELDS] for r in rows)
 
 
 def read_rows(path: Path) -> Iterator[Row]:
+    """Rows written by write_rows, each column found by its name in the header."""
     with open(path, newline="") as rows:
-        yield from (Row.from_record(rec) for rec in csv.DictReader(rows))
+        records = csv.reader(rows)
+        header = {name: i for i, name in enumerate(next(records, COLUMNS))}
+        at = [header[column] for column in COLUMNS]
+        for rec in records:
+            yield Row(*[convert(rec[i]) for convert, i in zip(CONVERTERS, at)])
 
 
 @dataclass(frozen=True)

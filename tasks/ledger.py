@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
 from pathlib import Path
 
-from tasks.downloader import Row
+from tasks.downloader import FIELDS, Row  # FIELDS: the columns of `fetched` and the manifest, in Row's order
 
-FIELDS = tuple(f.name for f in fields(Row))  # columns of `fetched` and the manifest, in Row's order
 SELECTED = ", ".join(FIELDS)
 NO_CAP = 1 << 62
 
