@@ -26,6 +26,7 @@ the step's memory does not grow with the number of URLs.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import itertools
 import math
@@ -226,6 +227,22 @@ def outcome_table(counts: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
     return table.rename_axis(index="class", columns="outcome").sort_index(axis=1)
 
 
+@contextlib.contextmanager
+def long_lived_objects_frozen() -> Iterator[None]:
+    """Leave the objects alive now (imports, a flow's state) out of garbage collections for a while.
+
+    Each URL allocates futures and rows, so collections run often, and every so often a
+    full one walks all of the process's objects (about 170,000 with Prefect and pandas
+    loaded: some 60 ms holding the interpreter lock, which stalls fetching and validation).
+    Frozen, those objects are skipped; they are collectable again afterwards.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def run(cfg: Config, workdir: Path) -> Summary:
     """Download, validate and store the images of every class; write the manifest."""
     for cls in cfg.data.classes:
@@ -234,7 +251,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     files.remove_stale_temps(workdir / paths.IMAGES)
     records = Records(workdir, cfg.download)
     cap = cfg.data.images_per_class
-    with Ledger(records.folder / "ledger.sqlite") as ledger:
+    with Ledger(records.folder / "ledger.sqlite") as ledger, long_lived_objects_frozen():
         for cls in cfg.data.classes:
             ledger.add_list(cls, url_list(workdir, cls))
         records.start(ledger)

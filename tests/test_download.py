@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import io
 import ipaddress
 import socket
@@ -227,6 +228,19 @@ def test_a_class_with_too_few_images_fails_the_step_with_a_clear_message(tmp_pat
     with pytest.raises(StepError, match=r"too few good images: \{'b': 0\}"):
         download.run(config(), tmp_path)
     assert (tmp_path / paths.MANIFEST).is_file()  # the reasons are still written
+
+
+def test_objects_alive_before_the_step_are_left_out_of_collections_until_it_ends(tmp_path, host, monkeypatch):
+    frozen_while_storing = []
+    store = downloader.Downloader.store
+    monkeypatch.setattr(downloader.Downloader, "store",
+                        lambda self, *args: frozen_while_storing.append(gc.get_freeze_count()) or store(self, *args))
+    before = gc.get_freeze_count()
+    write_lists(tmp_path, {"a": [host.url("/good.jpg")], "b": [host.url("/missing.jpg")]})
+    with pytest.raises(StepError):  # b ends short: the objects are released on the way out all the same
+        download.run(config(), tmp_path)
+    assert len(frozen_while_storing) == 2 and min(frozen_while_storing) > before + 10_000
+    assert gc.get_freeze_count() == before
 
 
 def test_rerun_skips_urls_already_ok_and_retries_failed_ones(tmp_path, host):
