@@ -62,6 +62,14 @@ def bomb_png(side: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def bomb_jpeg(side: int = 60_000) -> bytes:
+    """A small JPEG whose frame header claims side x side pixels."""
+    body = bytearray(jpeg(photo(12)))
+    at = body.index(b"\xff\xc0")  # the baseline frame header: length, precision, height, width
+    body[at + 5:at + 9] = struct.pack(">HH", side, side)
+    return bytes(body)
+
+
 GOOD = jpeg(photo(1))
 BODIES = {
     "/good.jpg": GOOD,
@@ -82,6 +90,7 @@ BODIES = {
     "/corrupt.jpg": GOOD[:2] + b"\0" * 300 + GOOD[-2:],
     "/tiny.png": png(photo(9, (8, 8))),
     "/bomb.png": bomb_png(),
+    "/bomb.jpg": bomb_jpeg(),
     "/empty.jpg": b"",
     "/page.jpg": b"<html><body><h1>Photo</h1><img src='/good.jpg'></body></html>",
 }

@@ -95,6 +95,7 @@ EXPECTED = {
     "/empty.jpg": ("failed", "empty"),
     "/tiny.png": ("failed", "too_small"),
     "/bomb.png": ("failed", "decompression_bomb"),
+    "/bomb.jpg": ("failed", "decompression_bomb"),
     "/placeholder.jpg": ("failed", "placeholder"),
     "/enormous.jpg": ("failed", "too_large"),
     "/endless.jpg": ("failed", "too_large"),
