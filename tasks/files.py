@@ -21,8 +21,8 @@ _serial = itertools.count()
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `target`; rename it over `target` only on success.
+def atomic_path(target: str | Path) -> Iterator[str]:
+    """Yield a temp path (a string) beside `target`; rename it over `target` only on success.
 
     The temp name keeps the target's suffix, so writers that look at it (Keras
     wants `.h5`, OpenCV wants `.jpg`) work unchanged. A killed run leaves at most a
@@ -34,7 +34,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     if folder and not os.path.isdir(folder):
         os.makedirs(folder, exist_ok=True)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
