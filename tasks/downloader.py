@@ -13,15 +13,16 @@ killed at any moment resumes where it stopped.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -96,34 +97,64 @@ class Downloader:
     """A process's HTTP client and validation threads, shared by the chunks it runs.
 
     The fetcher keeps `download.workers` fetches in flight on one thread; each body
-    is validated and stored on a small pool of threads (OpenCV's decoding, hashing
-    and file writes let other threads run meanwhile), one per core.
+    is validated and stored on one of a few validation threads (OpenCV's decoding,
+    hashing and file writes let other threads run meanwhile), one per core. They
+    take their work from a plain queue rather than an executor: an executor's
+    future, work item and idle-thread bookkeeping per image held the interpreter
+    lock for a good share of the time it spent on images.
     """
 
     def __init__(self, cfg: Config, workdir: Path):
         self.cfg, self.workdir = cfg, workdir
         self.fetcher = web.Fetcher(limits(cfg.download))
-        self.pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="validate")
         self.roots = sources.local_roots(cfg.data, workdir)
         self.placeholders = frozenset(cfg.download.placeholder_digests)
+        self.work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._validate, name=f"validate_{i}", daemon=True)
+                        for i in range(min(8, os.cpu_count() or 1))]
+        for thread in self.threads:
+            thread.start()
 
     def close(self) -> None:
-        self.fetcher.close()  # first: what it had not finished goes through the pool as an error
-        self.pool.shutdown(cancel_futures=True)
+        self.fetcher.close()  # first: what it had not finished reaches the validation threads as an error
+        for _ in self.threads:
+            self.work.put(None)
+        for thread in self.threads:
+            thread.join()
 
-    def submit(self, url: str, cls: str) -> Future[Row]:
-        """Fetch, validate and store one URL in the background; every outcome is a row."""
-        row = Future()
+    def _validate(self) -> None:
+        while (job := self.work.get()) is not None:
+            job()
 
-        def store(fetched: Future[web.Fetched]) -> None:
+    def rows(self, cls: str, urls: Sequence[str], on_url: Callable[[], None] | None = None) -> list[Row]:
+        """Fetch, validate and store one class's URLs: their rows, in order, once every one has its outcome."""
+        rows: list[Row | BaseException | None] = [None] * len(urls)
+        left, lock, finished = len(urls), threading.Lock(), threading.Event()
+
+        def store(i: int, url: str, got: Callable[[], web.Fetched]) -> None:  # on a validation thread
+            nonlocal left
             try:
-                row.set_result(self.store(url, cls, fetched.result()))
-            except BaseException as exc:  # the caller sees it when it asks for the row
-                row.set_exception(exc)
+                rows[i] = self.store(url, cls, got())
+            except BaseException as exc:  # raised to the caller below
+                rows[i] = exc
+            if on_url:
+                on_url()
+            with lock:
+                left -= 1
+                if not left:
+                    finished.set()
 
-        fetched = self.pool.submit(self.read_local, url) if url.startswith("file:") else self.fetcher.submit(url)
-        fetched.add_done_callback(lambda done: self.pool.submit(store, done))
-        return row
+        for i, url in enumerate(urls):
+            if url.startswith("file:"):
+                self.work.put(functools.partial(store, i, url, functools.partial(self.read_local, url)))
+            else:
+                self.fetcher.submit(url).add_done_callback(
+                    lambda fetched, i=i, url=url: self.work.put(functools.partial(store, i, url, fetched.result)))
+        if urls:
+            finished.wait()
+        if errors := [row for row in rows if isinstance(row, BaseException)]:
+            raise errors[0]
+        return rows
 
     def read_local(self, entry: str) -> web.Fetched:
         """A local source's file, read only from the folders the params name."""
@@ -248,12 +279,6 @@ class Records:
 def download_chunk(cfg: Config, chunk: Chunk, workdir: str | Path, on_url: Callable[[], None] | None = None) -> dict:
     """Download one chunk's URLs and record its rows; a small summary for the caller."""
     workdir = Path(workdir)
-    downloader = shared(cfg, workdir)
-    futures = [downloader.submit(url, chunk.cls) for url in chunk.urls]
-    if on_url:
-        for future in futures:
-            future.add_done_callback(lambda _: on_url())
-    wait(futures)  # one wake-up for the chunk, not one per URL
-    rows = [future.result() for future in futures]
+    rows = shared(cfg, workdir).rows(chunk.cls, chunk.urls, on_url)
     Records(workdir, cfg.download).write(chunk, rows)
     return {"class": chunk.cls, "urls": len(rows), "ok": sum(r.status == "ok" for r in rows), "pid": os.getpid()}
