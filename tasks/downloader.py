@@ -176,9 +176,9 @@ class Downloader:
         row, start = Row(url=url, cls=cls), time.monotonic()
         row.reason, row.attempts, row.bytes = got.reason, got.attempts, len(got.body)
         if got.ok:
-            checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders)
+            checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders, cfg.max_side)
             row.reason, row.sha256 = checked.reason, checked.sha256
-            if checked.image is not None:
+            if not checked.reason:
                 stored, ext, (row.height, row.width) = images.for_store(got.body, checked, cfg.max_side)
                 row.path = f"{paths.IMAGES}/{cls}/{checked.sha256}.{ext}"
                 target = os.path.join(self.workdir, row.path)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from hostile import BODIES, bomb_jpeg, photo
+from hostile import BODIES, bomb_jpeg, photo, turned_jpeg
 from tasks import images
 
 
@@ -97,3 +97,32 @@ def test_image_sizes_from_the_header_match_the_decoded_image():
             continue
         width, height, _, _ = images._header(data)
         assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2] == (height, width)
+
+
+@pytest.mark.parametrize("name", JPEGS)
+def test_a_jpeg_kept_as_it_came_is_checked_at_an_eighth_of_its_size_and_sized_upright(name, monkeypatch):
+    data = JPEGS[name]
+    upright = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    flags = []
+    decode = images.cv2.imdecode
+    monkeypatch.setattr(images.cv2, "imdecode", lambda buffer, flag: flags.append(flag) or decode(buffer, flag))
+    checked = images.check(data, 16, 10_000_000, max_side=512)
+    assert checked.reason == "" and checked.size == upright
+    if images._header(data)[3] == "RGB" and max(upright) <= 512:  # kept as it came: no pixels needed
+        assert flags == [cv2.IMREAD_REDUCED_COLOR_8] and checked.image is None and checked.storable_as_is
+    else:  # gray, CMYK or too big: decoded in full, to be converted or shrunk
+        assert flags[-1] == cv2.IMREAD_COLOR and checked.image.shape[:2] == upright
+
+
+def test_when_an_eighth_cannot_tell_which_way_up_a_jpeg_is_it_is_decoded_in_full():
+    data = turned_jpeg(photo(13, (97, 100)))  # 13 x 13 at an eighth either way
+    checked = images.check(data, 16, 10_000_000, max_side=512)
+    assert checked.size == (97, 100) and checked.image.shape[:2] == (97, 100)
+
+
+def test_damage_shows_at_an_eighth_of_the_size_as_in_full():
+    good = BODIES["/good.jpg"]
+    at = good.index(b"\xff\xc4")  # a Huffman table: garbage there is fatal to the decoder
+    broken = good[:at + 5] + bytes(range(200, 216)) + good[at + 21:]
+    assert images.check(broken, 16, 10_000_000, max_side=512).reason == "corrupt"  # at an eighth
+    assert images.check(broken, 16, 10_000_000, max_side=64).reason == "corrupt"  # in full (to be shrunk)
