@@ -65,6 +65,7 @@ pycurl = _load_pycurl()
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 URL_CHARACTERS = ":/?#[]@!$&'()*+,;=%~"  # left as they are; others are %-escaped
 USER_AGENT = "alexnet-dag (image downloader)"
+CA_BUNDLE = certifi.where()  # looked up once: the first lookup takes milliseconds
 
 
 @dataclass(frozen=True)
@@ -414,7 +415,7 @@ class Fetcher:
             (pycurl.MAXFILESIZE_LARGE, self.limits.max_bytes),
             (pycurl.USERAGENT, USER_AGENT),
             (pycurl.HTTPHEADER, ["Accept: */*"]),
-            (pycurl.CAINFO, certifi.where()),
+            (pycurl.CAINFO, CA_BUNDLE),
         ):
             handle.setopt(option, value)
         return handle
