@@ -33,12 +33,13 @@ JPEGS |= {"progressive": progressive_jpeg(), "padded": padded_jpeg()}
 
 
 def pillow(data: bytes) -> tuple[int, int, str] | None:
-    try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as image:
-            warnings.simplefilter("ignore")  # damaged EXIF, a bomb
-            return image.width, image.height, image.mode
-    except Exception:
-        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # damaged EXIF, a bomb
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.width, image.height, image.mode
+        except Exception:
+            return None
 
 
 @pytest.mark.parametrize("name", JPEGS)
