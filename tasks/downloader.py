@@ -135,10 +135,10 @@ class Downloader:
             nonlocal left
             try:
                 rows[i] = self.store(url, cls, got())
-            except BaseException as exc:  # raised to the caller below
+                if on_url:
+                    on_url()
+            except BaseException as exc:  # raised to the caller below; the count goes on
                 rows[i] = exc
-            if on_url:
-                on_url()
             with lock:
                 left -= 1
                 if not left:

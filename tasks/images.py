@@ -149,8 +149,8 @@ def check(data: bytes, min_side: int, max_pixels: int, placeholders: frozenset[s
         return Checked(None, "decompression_bomb", digest)
     if looks_truncated(data):
         return Checked(None, "truncated", digest)
-    buffer = np.frombuffer(data, np.uint8)
-    if data[:2] == b"\xff\xd8" and header is not None and header[3] == "RGB" and max(header[:2]) <= (max_side or 1 << 31):
+    buffer, jpeg = np.frombuffer(data, np.uint8), data[:2] == b"\xff\xd8"
+    if jpeg and header is not None and header[3] == "RGB" and max(header[:2]) <= (max_side or 1 << 31):
         # To be stored as it came, its pixels are not needed: decoded at an eighth of its size,
         # libjpeg still reads every coefficient (so damage shows as at full size) in 60% of the time.
         eighth = cv2.imdecode(buffer, cv2.IMREAD_REDUCED_COLOR_8)
@@ -163,7 +163,7 @@ def check(data: bytes, min_side: int, max_pixels: int, placeholders: frozenset[s
     # A JPEG has no alpha and no 16 bits to keep: decoded as colour, it comes upright
     # by its EXIF orientation, as later steps read a JPEG stored as it came (the
     # unchanged mode ignores the tag, so a resized photo would be stored on its side).
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         return Checked(None, "corrupt" if data.startswith(IMAGE_MAGIC) else "not_image", digest)
     if image.shape[0] * image.shape[1] > max_pixels:  # a format Pillow could not read the header of

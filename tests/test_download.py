@@ -244,6 +244,19 @@ def test_objects_alive_before_the_step_are_left_out_of_collections_until_it_ends
     assert gc.get_freeze_count() == before
 
 
+def test_an_error_while_storing_reaches_the_chunk_and_the_validation_threads_live_on(tmp_path, host):
+    client = downloader.Downloader(config(), tmp_path)
+    try:
+        def full_disk():
+            raise OSError("No space left on device")
+
+        with pytest.raises(OSError, match="No space left"):
+            client.rows("a", [host.url("/good.jpg"), host.url("/good2.jpg")], on_url=full_disk)
+        assert [r.status for r in client.rows("a", [host.url("/good.jpg")])] == ["ok"]
+    finally:
+        client.close()
+
+
 def test_rerun_skips_urls_already_ok_and_retries_failed_ones(tmp_path, host):
     lists = {"a": [host.url("/good.jpg"), host.url("/missing.jpg")], "b": [host.url("/good2.jpg")]}
     first, _ = fetch(tmp_path, lists)
