@@ -154,9 +154,9 @@ def check(data: bytes, min_side: int, max_pixels: int, placeholders: frozenset[s
         # To be stored as it came, its pixels are not needed: decoded at an eighth of its size,
         # libjpeg still reads every coefficient (so damage shows as at full size) in 60% of the time.
         eighth = cv2.imdecode(buffer, cv2.IMREAD_REDUCED_COLOR_8)
-        if eighth is None or eighth.size == 0:
-            return Checked(None, "corrupt", digest)
-        if size := _upright(header[0], header[1], eighth.shape[:2]):
+        # Not decodable at an eighth (damaged, or a kind libjpeg cannot scale), or unclear
+        # which way up: the full decode below judges it.
+        if eighth is not None and eighth.size and (size := _upright(header[0], header[1], eighth.shape[:2])):
             if min(size) < min_side:
                 return Checked(None, "too_small", digest)
             return Checked(None, "", digest, storable_as_is=True, size=size)

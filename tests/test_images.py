@@ -90,6 +90,9 @@ def test_damaged_jpeg_headers_never_raise_and_never_claim_fewer_pixels_than_pill
         assert header[0] * header[1] >= seen[0] * seen[1]
     if seen is not None and seen[0] * seen[1] > 10_000_000:
         assert images.check(data, 4, 10_000_000).reason == "decompression_bomb"
+    # Checked at an eighth (to be kept as it came) or in full (to be shrunk): the same verdict.
+    kept, shrunk = (images.check(data, 4, 10_000_000, max_side=side).reason for side in (100_000, 1))
+    assert kept == shrunk
 
 
 def test_image_sizes_from_the_header_match_the_decoded_image():
@@ -125,5 +128,6 @@ def test_damage_shows_at_an_eighth_of_the_size_as_in_full():
     good = BODIES["/good.jpg"]
     at = good.index(b"\xff\xc4")  # a Huffman table: garbage there is fatal to the decoder
     broken = good[:at + 5] + bytes(range(200, 216)) + good[at + 21:]
-    assert images.check(broken, 16, 10_000_000, max_side=512).reason == "corrupt"  # at an eighth
-    assert images.check(broken, 16, 10_000_000, max_side=64).reason == "corrupt"  # in full (to be shrunk)
+    assert cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_REDUCED_COLOR_8) is None
+    assert images.check(broken, 16, 10_000_000, max_side=512).reason == "corrupt"  # kept as it came, if good
+    assert images.check(broken, 16, 10_000_000, max_side=64).reason == "corrupt"  # shrunk on store, if good
