@@ -85,12 +85,13 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, str, str] | None:
 
 def _header(data: bytes) -> tuple[int, int, str, str] | None:
     """(width, height, format, mode) from the header alone, or None when Pillow cannot tell."""
-    if data[:2] == b"\xff\xd8" and (frame := _jpeg_frame(data)):
+    jpeg = data[:2] == b"\xff\xd8"
+    if jpeg and (frame := _jpeg_frame(data)):
         return frame
     try:
         with warnings.catch_warnings():  # about bombs and damaged EXIF: judged here, not worth a log line
             warnings.simplefilter("ignore")
-            if data[:2] == b"\xff\xd8":  # straight to Pillow's JPEG reader, skipping format detection
+            if jpeg:  # straight to Pillow's JPEG reader, skipping format detection
                 with JpegImagePlugin.JpegImageFile(io.BytesIO(data)) as header:
                     return header.width, header.height, "JPEG", header.mode
             with Image.open(io.BytesIO(data)) as header:
