@@ -85,6 +85,26 @@ def cmd_predict(args) -> int:
     return 0 if any("top" in r for r in results) else EXIT_FAILED
 
 
+def cmd_images(args) -> int:
+    import itertools
+
+    from tasks.extract import copy_out, matching
+
+    rows = matching(Path.cwd(), "canonical" if args.canonical else "downloaded", args.classes, args.digests,
+                    args.subset)
+    if args.out:
+        written = copy_out(itertools.islice(rows, args.limit), Path.cwd(), Path(args.out))
+        print(f"{len(written)} images written under {args.out}/ (<class>/<sha256>.<ext>)")
+        return 0 if written else EXIT_FAILED
+    shown, total = list(itertools.islice(rows, args.limit or 20)), 0
+    for row in shown:
+        print(f"{row['class']:<16} {row['sha256'][:16]}  {row['shard']}  {row['size']:>8} bytes")
+    total = len(shown) + sum(1 for _ in rows)
+    print(f"{total} images match" + (f" ({len(shown)} shown; --limit N to see more, --out DIR to extract)"
+                                     if total > len(shown) else ""))
+    return 0 if total else EXIT_FAILED
+
+
 def cmd_model(args) -> int:
     from tasks.model import build
 
@@ -122,6 +142,19 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--ten-crop", action="store_true",
                          help="average the paper's ten crops instead of using the centre crop")
     predict.set_defaults(func=cmd_predict)
+
+    images = sub.add_parser("images", help="list stored images, or extract them from their shards into a folder")
+    images.add_argument("--class", dest="classes", action="append", metavar="CLASS",
+                        help="only this class; repeatable")
+    images.add_argument("--digest", dest="digests", action="append", metavar="SHA256",
+                        help="only the image whose SHA-256 starts so; repeatable")
+    images.add_argument("--canonical", action="store_true",
+                        help="the augment step's canonical images (data/augment) instead of the downloads")
+    images.add_argument("--subset", choices=["train", "validation"], help="only this subset (with --canonical)")
+    images.add_argument("--limit", type=_positive, metavar="N",
+                        help="at most N images (default: all with --out, 20 listed otherwise)")
+    images.add_argument("--out", metavar="DIR", help="write the images to DIR/<class>/<sha256>.<ext>")
+    images.set_defaults(func=cmd_images)
 
     model = sub.add_parser("model", help="print the AlexNet model summary")
     model.add_argument("--variant", default=Model().variant, choices=get_args(Model.model_fields["variant"].annotation))

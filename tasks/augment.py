@@ -1,24 +1,38 @@
-"""augment: canonical training-ready images, colour statistics and a preview.
+"""augment: canonical training-ready images as shards, colour statistics and a preview.
 
 As in the paper, each image's shorter side is resized to `augment.image_size` and
-the centre square is kept. The training set's RGB mean, standard deviation and
-principal components (for the PCA colour augmentation) go to stats.json. The
-random transforms of `augment.policy` happen online in the input pipeline; the
-preview plot shows exactly those, made by the same functions.
+the centre square is kept (`tasks.canonical`). The images go into shards of about
+`augment.shard_size`, per subset, each image to the shard its digest draws, stored in
+digest order: every shard mixes all classes, so a training pipeline that reads a
+few shards at a time still sees them all. Each shard is one chunk of work, run where
+`augment.task_runner` says (`tasks.runners`), and a run resumes from the chunks it
+has. The training set's RGB mean, standard deviation and principal components (for
+the PCA colour augmentation) go to stats.json. The random transforms of
+`augment.policy` happen online in the input pipeline; the preview plot shows
+exactly those, made by the same functions.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks import files, paths, pipeline
+from tasks import canonical, files, paths, pipeline, runners, shards
+from tasks.canonical import Chunk, augment_chunk
 from tasks.config import Config
-from tasks.step import Step, StepError, Summary, step_task
+from tasks.progress import Progress
+from tasks.step import Step, StepError, Summary, code_closure, step_task
 
 STEP = Step(
     name="augment",
@@ -26,80 +40,114 @@ STEP = Step(
     deps=(paths.IMAGES, paths.SPLIT),
     outs=(paths.AUGMENTED,),
     plots=(paths.AUGMENT_PLOT,),
+    persist=(paths.AUGMENTED,),  # a killed or re-parametrised run keeps the shards it can reuse
 )
+SUBSETS = ("train", "validation")
+INDEX_COLUMNS = ["shard", "offset", "size", "member", "class", "label", "subset", "sha256"]
 VARIANTS_PER_IMAGE = 5
 
-
-def canonical(image: np.ndarray, size: int) -> np.ndarray:
-    """Shorter side to `size`, then the centre `size` x `size` square."""
-    h, w = image.shape[:2]
-    scale = size / min(h, w)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    image = cv2.resize(image, (max(size, round(w * scale)), max(size, round(h * scale))), interpolation=interpolation)
-    h, w = image.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[top : top + size, left : left + size]
+augment_chunk_task = task(augment_chunk, name="augment_chunk", cache_policy=NO_CACHE, persist_result=False)
 
 
-class ColourStats:
-    """Streaming mean, standard deviation and RGB covariance of pixels in [0, 1]."""
+class Plan:
+    """The split's images in a scratch SQLite file, each drawn to its output shard by its digest.
 
-    def __init__(self):
-        self.n, self.total, self.outer = 0, np.zeros(3), np.zeros((3, 3))
+    Held on disk rather than in memory, so the step's memory does not grow with the
+    number of images.
+    """
 
-    def add(self, rgb: np.ndarray) -> None:
-        pixels = rgb.reshape(-1, 3).astype(np.float64) / 255.0
-        self.n += len(pixels)
-        self.total += pixels.sum(0)
-        self.outer += pixels.T @ pixels
+    def __init__(self, workdir: Path, shard_size: int):
+        path = workdir / canonical.RECORDS_DIR / "plan.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self.path, self.workdir = path, workdir
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -500;"
+                              "CREATE TABLE images (subset TEXT, part INTEGER, sha256 TEXT, class TEXT, shard TEXT,"
+                              " member TEXT, offset INTEGER, size INTEGER)")
+        split = workdir / paths.SPLIT
+        counts: dict[str, int] = dict.fromkeys(SUBSETS, 0)
+        classes: set[str] = set()
+        with open(split, newline="") as rows:
+            for row in csv.DictReader(rows):
+                counts[row["subset"]] += 1
+                classes.add(row["class"])
+        self.parts = {s: math.ceil(n / shard_size) for s, n in counts.items()}
+        self.counts, self.classes = counts, sorted(classes)
+        with open(split, newline="") as rows, self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
+                (r["subset"], int(r["sha256"][:15], 16) % self.parts[r["subset"]], r["sha256"], r["class"],
+                 r["shard"], r["member"], int(r["offset"]), int(r["size"])) for r in csv.DictReader(rows)))
+            self.db.execute("CREATE INDEX parts ON images (subset, part, sha256)")
 
-    def result(self) -> dict:
-        mean = self.total / self.n
-        cov = self.outer / self.n - np.outer(mean, mean)
-        eigval, eigvec = np.linalg.eigh(cov)
-        order = eigval.argsort()[::-1]
-        return {
-            "mean": (mean * 255).tolist(),
-            "std": (np.sqrt(np.diag(cov)) * 255).tolist(),
-            "pca_eigval": eigval[order].tolist(),
-            "pca_eigvec": eigvec[:, order].tolist(),
-            "pixels": int(self.n),
-        }
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Plan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def chunks(self, image_size: int, sources: dict[str, str | None], code: str) -> Iterator[Chunk]:
+        """Every output shard's chunk, training shards first; keyed by what its images and its output depend on."""
+        for subset in SUBSETS:
+            for part in range(self.parts[subset]):
+                rows = tuple(self.db.execute(
+                    "SELECT sha256, class, shard, member, offset, size FROM images WHERE subset = ? AND part = ? "
+                    "ORDER BY sha256", (subset, part)))
+                material = [code, image_size, subset, part, self.parts[subset], rows,
+                            sorted({(r[2], sources.get(r[2])) for r in rows})]
+                key = hashlib.sha256(json.dumps(material).encode()).hexdigest()[:32]
+                yield Chunk(subset, part, self.parts[subset], image_size, key, rows)
 
 
-def _prepare(row: dict, workdir: Path, size: int) -> np.ndarray:
-    image = cv2.imread(str(workdir / row["path"]), cv2.IMREAD_COLOR)
-    if image is None:
-        raise StepError(f"cannot read image {row['path']}; rerun download")
-    square = canonical(image, size)
-    ok, data = cv2.imencode(".jpg", square, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    files.write_bytes(workdir / row["out"], data.tobytes())
-    return cv2.cvtColor(square, cv2.COLOR_BGR2RGB)
+def code_version() -> str:
+    """The digest of the code that makes a chunk's shard."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in code_closure(canonical.__name__))).hexdigest()
 
 
-def render_preview(index: pd.DataFrame, cfg: Config, stats: dict, workdir: Path) -> None:
-    """plots/augmentation.png: training images with several augmented variants each."""
+def source_digests(workdir: Path) -> dict[str, str | None]:
+    """The download's shards by content (remembered by their metadata, so this costs what changed)."""
+    folder = workdir / paths.IMAGES
+    names = [f"{paths.IMAGES}/{e.name}" for e in os.scandir(folder) if e.name.endswith(shards.SUFFIX)]
+    return files.digest_paths(names, workdir)
+
+
+def remove_unplanned(workdir: Path, planned: set[str], records: set[str]) -> None:
+    """Shards of an earlier plan, other files in data/augment, and records no chunk of this run uses."""
+    keep = {os.path.basename(p) for p in planned | {paths.AUGMENT_INDEX, paths.STATS}}
+    for entry in os.scandir(workdir / paths.AUGMENTED):
+        if entry.name not in keep:
+            shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+    for entry in os.scandir(workdir / canonical.RECORDS_DIR):
+        if entry.name.endswith(".json") and entry.name not in records:
+            os.unlink(entry.path)
+
+
+def render_preview(picks: list[list], cfg: Config, stats: dict, workdir: Path) -> None:
+    """plots/augmentation.png: training images (index rows) with several augmented variants each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
-    train = index[index["subset"] == "train"]
-    picks = train.groupby("class").head(1)
-    picks = pd.concat([picks, train.drop(picks.index)]).head(cfg.augment.plot_images)
     cols = VARIANTS_PER_IMAGE + 1
     fig, axes = plt.subplots(len(picks), cols, figsize=(2 * cols, 2 * len(picks)), squeeze=False)
-    for r, row in enumerate(picks.to_dict("records")):
-        image = pipeline.load(str(workdir / row["path"]))
-        axes[r][0].imshow(image.numpy())
-        axes[r][0].set_title(row["class"], fontsize=9)
-        # The training transforms themselves, on a batch of copies of the image.
-        views = pipeline.augment(tf.repeat(image[None], cols - 1, 0), tf.constant([cfg.base.seed, r]), cfg.augment,
-                                 stats)
-        for c, view in enumerate(views.numpy(), 1):
-            axes[r][c].imshow(np.clip(view, 0, 255).astype(np.uint8))
-            axes[r][c].set_title(f"variant {c}", fontsize=8)
+    with shards.Reader() as reader:
+        for r, (shard, offset, size, _, cls, *_) in enumerate(picks):
+            image = tf.io.decode_jpeg(reader.read(workdir / shard, offset, size), channels=3)
+            axes[r][0].imshow(image.numpy())
+            axes[r][0].set_title(cls, fontsize=9)
+            # The training transforms themselves, on a batch of copies of the image.
+            views = pipeline.augment(tf.repeat(image[None], cols - 1, 0), tf.constant([cfg.base.seed, r]),
+                                     cfg.augment, stats)
+            for c, view in enumerate(views.numpy(), 1):
+                axes[r][c].imshow(np.clip(view, 0, 255).astype(np.uint8))
+                axes[r][c].set_title(f"variant {c}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
@@ -108,37 +156,59 @@ def render_preview(index: pd.DataFrame, cfg: Config, stats: dict, workdir: Path)
     plt.close(fig)
 
 
+def preview_picks(picks: list[list], rows: list[list], wanted: int) -> None:
+    """Add to `picks` from a training shard's index rows: a new class first, then anything."""
+    seen = {p[4] for p in picks}
+    for row in rows:
+        if len(picks) < wanted and row[4] not in seen:
+            picks.append(row)
+            seen.add(row[4])
+    picks += rows[: wanted - len(picks)] if len(picks) < wanted else []
+
+
 def run(cfg: Config, workdir: Path) -> Summary:
-    """Write data/augment/ (images, index.csv, stats.json) and plots/augmentation.png."""
+    """Write data/augment/ (shards, index.csv, stats.json) and plots/augmentation.png."""
     split_path = workdir / paths.SPLIT
     if not split_path.is_file():
         raise StepError(f"missing {split_path}: run the split step first")
-    split = pd.read_csv(split_path, keep_default_na=False)
-    classes = sorted(split["class"].unique())
-    if (split["subset"] == "train").sum() == 0:
-        raise StepError(f"{paths.SPLIT} has no training images")
-    out = workdir / paths.AUGMENTED
-    index = split.assign(
-        label=split["class"].map({c: i for i, c in enumerate(classes)}),
-        out=[f"{paths.AUGMENTED}/images/{c}/{s}.jpg" for c, s in zip(split["class"], split["sha256"])],
-    )
-    stats = ColourStats()
-    with ThreadPoolExecutor(4) as pool:
-        squares = pool.map(lambda row: _prepare(row, workdir, cfg.augment.image_size), index.to_dict("records"))
-        for square, subset in zip(squares, index["subset"]):
-            if subset == "train":
-                stats.add(square)
-    index = index.drop(columns="path").rename(columns={"out": "path"})[["path", "class", "label", "subset", "sha256"]]
-    keep = set(index["path"])
-    for stale in (out / "images").rglob("*.jpg"):
-        if stale.relative_to(workdir).as_posix() not in keep:
-            stale.unlink()
-    result = {**stats.result(), "classes": classes, "image_size": cfg.augment.image_size}
-    files.write_csv(workdir / paths.AUGMENT_INDEX, index)
-    files.write_json(workdir / paths.STATS, result)
-    render_preview(index, cfg, result, workdir)
-    print(f"augment: {len(index)} images at {cfg.augment.image_size}px, RGB mean {np.round(result['mean'], 1).tolist()}")
-    return {"step": STEP.name, "images": len(index), "classes": classes, "mean": result["mean"]}
+    a = cfg.augment
+    (workdir / paths.AUGMENTED).mkdir(parents=True, exist_ok=True)
+    files.remove_stale_temps(workdir / paths.AUGMENTED)
+    with Plan(workdir, a.shard_size) as plan:
+        if not plan.counts["train"]:
+            raise StepError(f"{paths.SPLIT} has no training images")
+        labels = {cls: i for i, cls in enumerate(plan.classes)}
+        total, picks, planned, records = np.zeros(13), [], set(), set()
+        chunks = plan.chunks(a.image_size, source_digests(workdir), code_version())
+        with Progress("augment", sum(plan.counts.values()), unit="image") as bar, \
+                files.atomic_path(workdir / paths.AUGMENT_INDEX) as tmp, open(tmp, "w", newline="") as out, \
+                runners.chunk_runner(a, augment_chunk, augment_chunk_task, cfg, workdir, 2, bar.update) as run_chunks:
+            index = csv.writer(out)
+            index.writerow(INDEX_COLUMNS)
+            for made in run_chunks(_noting(chunks, planned, records)):
+                rows = [[*r[:5], labels[r[4]], *r[5:]] for r in made["index"]]
+                index.writerows(rows)
+                if made["moments"] is not None:
+                    total += made["moments"]
+                    preview_picks(picks, rows, a.plot_images)
+    stats = {**canonical.colour_stats(total), "classes": plan.classes, "image_size": a.image_size}
+    files.write_json(workdir / paths.STATS, stats)
+    remove_unplanned(workdir, planned, records)
+    render_preview(picks, cfg, stats, workdir)
+    counts = {s: plan.counts[s] for s in SUBSETS}
+    print(f"augment: {sum(counts.values())} images at {a.image_size}px in {len(planned)} shards "
+          f"({', '.join(f'{n} {s}' for s, n in counts.items())}), {len(plan.classes)} classes, "
+          f"RGB mean {np.round(stats['mean'], 1).tolist()}")
+    return {"step": STEP.name, "images": sum(counts.values()), "subsets": counts, "shards": len(planned),
+            "classes": len(plan.classes), "mean": stats["mean"]}
+
+
+def _noting(chunks: Iterator[Chunk], planned: set[str], records: set[str]) -> Iterator[Chunk]:
+    """The chunks, noting each one's shard and record as it is handed out."""
+    for chunk in chunks:
+        planned.add(chunk.shard)
+        records.add(chunk.record.name)
+        yield chunk
 
 
 augment_task = step_task(STEP, run)

@@ -121,7 +121,20 @@ class Data(Section):
             return False
 
 
-class Download(Section):
+class Runner(Section):
+    """Where a step's chunks run (download, augment): threads of the step's process,
+    `processes` local processes (default: one per CPU core), or a Dask cluster (a
+    scheduler at dask_address, else a local one of dask_workers processes; with an
+    address, dask_workers is the cluster's size: at least two chunks per worker are
+    kept in flight)."""
+
+    task_runner: Literal["thread", "process", "dask"] = "thread"
+    processes: int | None = Field(default=None, ge=1, le=256)
+    dask_address: str | None = None
+    dask_workers: int = Field(default=2, ge=1)
+
+
+class Download(Runner):
     # Downloads in flight per process (cheap: one thread drives them all), and at most this many to one host.
     workers: int = Field(default=128, ge=1, le=1024)
     per_host: int = Field(default=16, ge=1, le=1024)
@@ -149,16 +162,9 @@ class Download(Section):
     # SHA-256 digests of more "photo unavailable" images to refuse as placeholder.
     placeholder_digests: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(
         default_factory=list)
-    # URLs per chunk: the unit of work a task runs and a killed run resumes from.
-    chunk_size: int = Field(default=256, ge=1)
-    # Where chunks run: threads of the step's process, `processes` local processes
-    # (default: one per CPU core; each runs `workers` downloads), or a Dask cluster
-    # (a scheduler at dask_address, else a local one of dask_workers processes; with an
-    # address, dask_workers is the cluster's size: at least two chunks per worker are kept in flight).
-    task_runner: Literal["thread", "process", "dask"] = "thread"
-    processes: int | None = Field(default=None, ge=1, le=256)
-    dask_address: str | None = None
-    dask_workers: int = Field(default=2, ge=1)
+    # URLs per chunk: the unit of work a task runs and a killed run resumes from; the
+    # images a chunk keeps make one shard. Where chunks run: `task_runner` (see Runner).
+    chunk_size: int = Field(default=2048, ge=1)
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -170,10 +176,14 @@ class Split(Section):
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
 
 
-class Augment(Section):
+class Augment(Runner):
     # Canonical size stored by the augment step (the paper: shorter side to 256,
     # centre crop 256x256) and the crop fed to the network (227).
     image_size: int = Field(default=256, ge=67)
+    # Canonical images per shard (about; ImageNet-1k makes about 1,000 training shards,
+    # as TensorFlow's 1,024). A shard is one chunk of work: where chunks run is
+    # `task_runner` (see Runner).
+    shard_size: int = Field(default=1250, ge=1)
     crop_size: int = Field(default=227, ge=67)
     # Online training transforms. paper: random crops, horizontal flips, PCA colour
     # shifts; seed: the tutorial's ImageDataGenerator settings (rotation, shift,

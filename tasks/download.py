@@ -2,18 +2,15 @@
 
 Reader (URL lists) -> plan (which URLs, in chunks) -> fetcher (`tasks.web`:
 bounded, streamed, retried, address-checked) -> validator (`tasks.images`) ->
-writer (content-digest names) -> merge (caps, duplicates, label conflicts) ->
+writer (a shard per chunk) -> merge (caps, duplicates, label conflicts) ->
 manifest (one row per class and URL, with a reason for every URL that gave no
-image). Individual failures never fail the step; a class left with too few good
-images does.
+image) and the image index (one row per kept image: where it is in which shard).
+Individual failures never fail the step; a class left with too few good images does.
 
-Work is cut into chunks (`tasks.downloader` fetches, validates and stores them;
-each records its rows, so a run killed at any moment resumes where it stopped).
-`download.task_runner` says where chunks run: on threads of this process, on
-`download.processes` local processes, or on a Dask cluster. In a Prefect run each
-chunk is a `download_chunk` task on the matching Prefect task runner; outside one
-(`alexnet stage download`, DVC) threads and processes work the same way without
-Prefect, and a Dask setting falls back to threads.
+Work is cut into chunks (`tasks.downloader` fetches, validates and stores them as
+one shard; each records its rows, so a run killed at any moment resumes where it
+stopped). `download.task_runner` says where chunks run (`tasks.runners`); in a
+Prefect run each chunk is a `download_chunk` task.
 
 Only the first `data.images_per_class` good images of a class (in list order) are
 kept, so URLs are planned in growing windows from the top of each list until
@@ -26,25 +23,25 @@ the step's memory does not grow with the number of URLs.
 from __future__ import annotations
 
 import contextlib
+import csv
 import gc
 import hashlib
 import itertools
 import math
-import multiprocessing
 import os
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import downloader, files, paths, sources
-from tasks.config import Config, Download
+from tasks import downloader, files, paths, runners, shards, sources
+from tasks.config import Config
 from tasks.downloader import Chunk, Records, download_chunk, write_rows
-from tasks.ledger import Ledger
+from tasks.ledger import INDEX_COLUMNS, Ledger
 from tasks.progress import Progress
 from tasks.step import Step, StepError, Summary, step_task
 
@@ -59,93 +56,6 @@ STEP = Step(
 )
 
 download_chunk_task = task(download_chunk, name="download_chunk", cache_policy=NO_CACHE, persist_result=False)
-
-
-def processes(cfg: Download) -> int:
-    return cfg.processes or os.cpu_count() or 1
-
-
-def _task_runner(cfg: Download, in_flight: int):
-    """The Prefect task runner for `download.task_runner`."""
-    if cfg.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if cfg.dask_address:
-            return DaskTaskRunner(address=cfg.dask_address)
-        from prefect.client.orchestration import get_client
-
-        # Local workers report to this run's API, even a temporary one, rather than
-        # each starting a temporary server of its own.
-        env = {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}
-        return DaskTaskRunner(cluster_kwargs={
-            "n_workers": cfg.dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
-            "env": env})
-    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
-
-    if cfg.task_runner == "process":
-        return ProcessPoolTaskRunner(max_workers=processes(cfg), initializer=downloader.exit_with_parent)
-    return ThreadPoolTaskRunner(max_workers=in_flight)
-
-
-def executors(cfg: Download) -> int:
-    """How many processes (or Dask workers) run chunks at once."""
-    return {"thread": 1, "process": processes(cfg), "dask": cfg.dask_workers}[cfg.task_runner]
-
-
-def bounded(submit: Callable[[Chunk], object], chunks: Iterable[Chunk], limit: int) -> Iterator[dict]:
-    """Each chunk's summary, in order, with at most `limit` chunks submitted and unfinished.
-
-    Chunks are drawn from `chunks` only as earlier ones finish, so a list of
-    millions of URLs is never held as chunks all at once.
-    """
-    futures: deque = deque()
-    for chunk in chunks:
-        futures.append(submit(chunk))
-        if len(futures) >= limit:
-            yield futures.popleft().result()
-    while futures:
-        yield futures.popleft().result()
-
-
-@contextlib.contextmanager
-def chunk_runner(cfg: Config, workdir: Path,
-                 progress: Progress) -> Iterator[Callable[[Iterable[Chunk]], Iterator[dict]]]:
-    """A function that runs chunks and yields their summaries.
-
-    Inside a Prefect run chunks are Prefect tasks on the configured task runner;
-    outside one, the same chunk function runs on threads or on spawned processes.
-    """
-    from prefect.context import TaskRunContext
-
-    # Enough chunks at once that a chunk's slowest URL never leaves the threads idle.
-    in_flight = max(2, 2 * math.ceil(cfg.download.workers / cfg.download.chunk_size))
-    limit = in_flight * executors(cfg.download)
-
-    def counted(submit: Callable[[Chunk], object]) -> Callable[[Iterable[Chunk]], Iterator[dict]]:
-        """Runs chunks elsewhere, counting each one's URLs on the progress bar as it finishes."""
-
-        def run_chunks(chunks: Iterable[Chunk]) -> Iterator[dict]:
-            for done in bounded(submit, chunks, limit):
-                progress.update(done["urls"])
-                yield done
-
-        return run_chunks
-
-    if TaskRunContext.get() is not None:
-        with _task_runner(cfg.download, in_flight) as runner:
-            yield counted(lambda c: runner.submit(download_chunk_task,
-                                                  {"cfg": cfg, "chunk": c, "workdir": str(workdir)}))
-    elif cfg.download.task_runner == "process":
-        # Spawned, not forked: this process has threads running. Each worker process
-        # keeps its own downloader (tasks.downloader imports nothing heavy, so they start fast).
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(processes(cfg.download), mp_context=spawn,
-                                 initializer=downloader.exit_with_parent) as pool:
-            yield counted(lambda c: pool.submit(download_chunk, cfg, c, workdir))
-    else:  # chunks in this process count each URL as it finishes
-        with ThreadPoolExecutor(in_flight, thread_name_prefix="chunk") as pool:
-            yield lambda chunks: bounded(lambda c: pool.submit(download_chunk, cfg, c, workdir, progress.update),
-                                         chunks, limit)
 
 
 # --- plan -------------------------------------------------------------------------
@@ -165,8 +75,8 @@ def plan(ledger: Ledger, cap: int | None) -> dict[str, int]:
     """Each class's window: grown for short classes until some URL in one is unfetched, or none can grow."""
     sizes = ledger.sizes()
     windows = {cls: first_window(n, cap) for cls, n in sizes.items()}
-    while True:
-        ledger.set_windows(windows)
+    for round in itertools.count():
+        ledger.set_windows(windows, round)
         if cap is None or ledger.has_pending():
             return windows
         kept = ledger.kept(cap)
@@ -177,12 +87,10 @@ def plan(ledger: Ledger, cap: int | None) -> dict[str, int]:
         windows.update(grown)
 
 
-def chunks_of(pending: Iterable[tuple[str, str]], size: int) -> Iterator[Chunk]:
-    """Runs of `size` URLs of one class, in list order."""
-    for cls, group in itertools.groupby(pending, key=lambda pair: pair[0]):
-        urls = (url for _, url in group)
-        while batch := tuple(itertools.islice(urls, size)):
-            yield Chunk(cls, batch)
+def chunks_of(pending: Iterable[tuple[str, str, int]]) -> Iterator[Chunk]:
+    """The pending (class, URL) pairs of each chunk (`Ledger.pending_chunks`), in list order."""
+    for _, group in itertools.groupby(pending, key=lambda row: row[2]):
+        yield Chunk(tuple((cls, url) for cls, url, _ in group))
 
 
 def fingerprint(pending: Iterable[tuple[str, str]]) -> str:
@@ -200,24 +108,28 @@ def url_list(workdir: Path, cls: str) -> Iterator[str]:
         yield from (line.strip() for line in lines if line.strip())
 
 
-def remove_unlisted(workdir: Path, listed: Callable[[str], bool]) -> None:
-    """Images not in this run's manifest (an old class, a lowered cap, a duplicate) are removed.
+def prune(workdir: Path, ledger: Ledger) -> None:
+    """Leave in data/images exactly the shards and images the manifest keeps.
 
-    Folders are read as streams (os.scandir), since a class can hold millions of images.
+    A shard holding images it does not keep (a duplicate, a label conflict, one past
+    a lowered cap) is rewritten without them; shards it keeps nothing from (an old
+    class, a killed run's leftovers), and anything else in the folder, are removed.
     """
+    for shard in ledger.shards_to_prune():
+        ledger.moved(shard, shards.rewrite(os.path.join(workdir, shard), ledger.kept_members(shard)))
+    keep = {os.path.basename(shard) for shard in ledger.kept_shards()} | {os.path.basename(paths.IMAGE_INDEX)}
+    folder = workdir / paths.IMAGES
+    for entry in os.scandir(folder) if folder.is_dir() else []:
+        if entry.name not in keep:
+            shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
 
-    def prune(folder: str, relative: str) -> None:  # relative: the folder as the manifest writes paths
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    prune(entry.path, f"{relative}/{entry.name}")
-                    with contextlib.suppress(OSError):  # kept only if something is left in it
-                        os.rmdir(entry.path)
-                elif not listed(f"{relative}/{entry.name}"):
-                    os.unlink(entry.path)
 
-    if (workdir / paths.IMAGES).is_dir():
-        prune(str(workdir / paths.IMAGES), paths.IMAGES)
+def write_index(target: Path, rows: Iterable[tuple]) -> None:
+    """The image index: a row per kept image (digest, class, shard, member, offset, size, width, height, URL)."""
+    with files.atomic_path(target) as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["class" if c == "cls" else c for c in INDEX_COLUMNS])
+        writer.writerows(rows)
 
 
 def outcome_table(counts: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
@@ -244,13 +156,15 @@ def long_lived_objects_frozen() -> Iterator[None]:
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
-    """Download, validate and store the images of every class; write the manifest."""
+    """Download, validate and store the images of every class as shards; write the index and the manifest."""
     for cls in cfg.data.classes:
         if not (path := workdir / paths.URLS / f"{cls}.txt").is_file():
             raise StepError(f"missing URL list {path}: run the fetch_urls step first")
     files.remove_stale_temps(workdir / paths.IMAGES)
     records = Records(workdir, cfg.download)
     cap = cfg.data.images_per_class
+    # Enough chunks at once that a chunk's slowest URL never leaves the threads idle.
+    in_flight = max(2, 2 * math.ceil(cfg.download.workers / cfg.download.chunk_size))
     with Ledger(records.folder / "ledger.sqlite") as ledger, long_lived_objects_frozen():
         for cls in cfg.data.classes:
             ledger.add_list(cls, url_list(workdir, cls))
@@ -258,7 +172,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
         total = sum(ledger.sizes().values())
         with Progress("download", total, unit="url") as bar:
             try:
-                with chunk_runner(cfg, workdir, bar) as run_chunks:
+                with runners.chunk_runner(cfg.download, download_chunk, download_chunk_task, cfg, workdir,
+                                          in_flight, bar.update) as run_chunks:
                     before = ""  # the last round's pending URLs (a digest: the list can be long)
                     pids: set[int] = set()  # the processes that downloaded
                     while True:
@@ -270,14 +185,16 @@ def run(cfg: Config, workdir: Path) -> Summary:
                             raise StepError(f"chunks finished but left no records in {records.folder}: "
                                             "do all task runner workers see this folder?")
                         before = last
-                        chunks = chunks_of(ledger.pending(), cfg.download.chunk_size)
+                        chunks = chunks_of(ledger.pending_chunks(cfg.download.chunk_size))
                         pids |= {done["pid"] for done in run_chunks(chunks)}
             finally:
                 downloader.close_shared()  # chunks run in this process shared its threads and connections
             bar.update(total - sum(windows.values()))  # URLs never needed
         ledger.save_manifest(cap)
+        prune(workdir, ledger)
+        records.keep(ledger.fetched("ok"))  # as pruning left them
+        write_index(workdir / paths.IMAGE_INDEX, ledger.index())
         write_rows(workdir / paths.MANIFEST, ledger.manifest())
-        remove_unlisted(workdir, ledger.lists)
         counts = ledger.outcomes()
 
     table = outcome_table((cls, outcome, n) for cls, _, outcome, n in counts)

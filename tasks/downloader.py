@@ -5,9 +5,10 @@ this module is what a chunk needs, and nothing heavier (no Prefect, no pandas),
 so that worker processes start fast. Each process keeps one `Downloader` (its
 fetch thread, connections and validation threads) for all the chunks it runs.
 
-Each chunk records its finished rows in one CSV, written atomically under
-.alexnet/download/, and images are written atomically under their digest, so a run
-killed at any moment resumes where it stopped.
+A chunk stores the images it keeps as one shard (`tasks.shards`), in list order,
+written atomically under a name drawn from its URLs, and then records its rows
+in one CSV under .alexnet/download/, so a run killed at any moment resumes where
+it stopped and never sees a partial shard.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ import csv
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tasks import files, images, paths, sources, web
+from tasks import files, images, paths, shards, sources, web
 from tasks.config import Config, Download
 
-COLUMNS = ["url", "class", "status", "reason", "path", "sha256", "width", "height", "bytes", "attempts", "elapsed_s"]
+COLUMNS = ["url", "class", "status", "reason", "shard", "member", "offset", "size", "sha256", "width", "height",
+           "bytes", "attempts", "elapsed_s"]
 RECORDS_DIR = Path(paths.STATE) / "download"
 
 
@@ -39,11 +41,14 @@ class Row:
     cls: str
     status: str = "failed"
     reason: str = ""
-    path: str = ""
-    sha256: str = ""
+    shard: str = ""  # the shard holding the image (a path relative to the project), its member name,
+    member: str = ""  # the offset of the member's data in the shard, and its size there
+    offset: int = 0
+    size: int = 0
+    sha256: str = ""  # of the body as downloaded (an image is known by it whatever is stored)
     width: int = 0
     height: int = 0
-    bytes: int = 0
+    bytes: int = 0  # downloaded
     attempts: int = 0
     elapsed_s: float = 0.0
 
@@ -72,14 +77,17 @@ def read_rows(path: Path) -> Iterator[Row]:
 
 @dataclass(frozen=True)
 class Chunk:
-    """URLs of one class, downloaded by one task."""
+    """(class, URL) pairs downloaded by one task, whose kept images make one shard."""
 
-    cls: str
-    urls: tuple[str, ...]
+    entries: tuple[tuple[str, str], ...]
 
     @property
     def id(self) -> str:
-        return hashlib.sha256(json.dumps([self.cls, self.urls]).encode()).hexdigest()[:24]
+        return hashlib.sha256(json.dumps(self.entries).encode()).hexdigest()[:24]
+
+    @property
+    def shard(self) -> str:
+        return f"{paths.IMAGES}/{self.id}{shards.SUFFIX}"
 
 
 def limits(cfg: Download) -> web.Limits:
@@ -126,15 +134,21 @@ class Downloader:
         while (job := self.work.get()) is not None:
             job()
 
-    def rows(self, cls: str, urls: Sequence[str], on_url: Callable[[], None] | None = None) -> list[Row]:
-        """Fetch, validate and store one class's URLs: their rows, in order, once every one has its outcome."""
-        rows: list[Row | BaseException | None] = [None] * len(urls)
-        left, lock, finished = len(urls), threading.Lock(), threading.Event()
+    def rows(self, entries: Sequence[tuple[str, str]], on_url: Callable[[], None] | None = None,
+             spool: Spool | None = None) -> list[Row]:
+        """Fetch, validate and store (class, URL) pairs: their rows, in order, once every one has its outcome.
 
-        def store(i: int, url: str, got: Callable[[], web.Fetched]) -> None:  # on a validation thread
+        What each keeps goes to `spool` (dropped without one), to be written as a shard in list order.
+        """
+        rows: list[Row | BaseException | None] = [None] * len(entries)
+        left, lock, finished = len(entries), threading.Lock(), threading.Event()
+
+        def store(i: int, cls: str, url: str, got: Callable[[], web.Fetched]) -> None:  # on a validation thread
             nonlocal left
             try:
-                rows[i] = self.store(url, cls, got())
+                rows[i], data = self.store(url, cls, got())
+                if data is not None and spool is not None:
+                    spool.put(i, data)
                 if on_url:
                     on_url()
             except BaseException as exc:  # raised to the caller below; the count goes on
@@ -144,13 +158,14 @@ class Downloader:
                 if not left:
                     finished.set()
 
-        for i, url in enumerate(urls):
+        for i, (cls, url) in enumerate(entries):
             if url.startswith("file:"):
-                self.work.put(functools.partial(store, i, url, functools.partial(self.read_local, url)))
+                self.work.put(functools.partial(store, i, cls, url, functools.partial(self.read_local, url)))
             else:
                 self.fetcher.submit(url).add_done_callback(
-                    lambda fetched, i=i, url=url: self.work.put(functools.partial(store, i, url, fetched.result)))
-        if urls:
+                    lambda fetched, i=i, cls=cls, url=url: self.work.put(
+                        functools.partial(store, i, cls, url, fetched.result)))
+        if entries:
             finished.wait()
         if errors := [row for row in rows if isinstance(row, BaseException)]:
             raise errors[0]
@@ -170,23 +185,45 @@ class Downloader:
             return web.Fetched(b"", "too_large", 1)
         return web.Fetched(path.read_bytes(), "", 1)
 
-    def store(self, url: str, cls: str, got: web.Fetched) -> Row:
-        """Validate and store one fetched body: its row."""
+    def store(self, url: str, cls: str, got: web.Fetched) -> tuple[Row, bytes | None]:
+        """Validate one fetched body: its row, and the bytes to store if it is kept."""
         cfg = self.cfg.download
-        row, start = Row(url=url, cls=cls), time.monotonic()
+        row, start, stored = Row(url=url, cls=cls), time.monotonic(), None
         row.reason, row.attempts, row.bytes = got.reason, got.attempts, len(got.body)
         if got.ok:
             checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders, cfg.max_side)
             row.reason, row.sha256 = checked.reason, checked.sha256
             if not checked.reason:
                 stored, ext, (row.height, row.width) = images.for_store(got.body, checked, cfg.max_side)
-                row.path = f"{paths.IMAGES}/{cls}/{checked.sha256}.{ext}"
-                target = os.path.join(self.workdir, row.path)
-                if not os.path.isfile(target):
-                    files.write_bytes(target, stored)
-                row.status = "ok"
+                row.member, row.size, row.status = f"{cls}/{checked.sha256}.{ext}", len(stored), "ok"
         row.elapsed_s = round(got.elapsed_s + time.monotonic() - start, 3)
-        return row
+        return row, stored
+
+
+class Spool:
+    """A chunk's kept images, parked in an anonymous temp file as they come (in any order),
+    so that memory stays flat however large the chunk, until its shard is written in list order."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.TemporaryFile(dir=folder)  # gone when closed, or when the process dies
+        self.lock, self.end, self.at = threading.Lock(), 0, {}
+
+    def put(self, i: int, data: bytes) -> None:
+        with self.lock:
+            at, self.end = self.end, self.end + len(data)
+            self.at[i] = (at, len(data))
+        os.pwrite(self.file.fileno(), data, at)  # each writer owns its range
+
+    def get(self, i: int) -> bytes:
+        at, size = self.at[i]
+        return os.pread(self.file.fileno(), size, at)
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 _current: Downloader | None = None  # this process's downloader
@@ -202,17 +239,6 @@ def shared(cfg: Config, workdir: Path) -> Downloader:
                 _current.close()
             _current = Downloader(cfg, workdir)
         return _current
-
-
-def exit_with_parent() -> None:
-    """In a worker process: end it when the process that started it ends, even by SIGKILL.
-
-    A worker of a killed run would otherwise live on (its task queue never
-    closes) and keep downloading into the folder the next run works in.
-    """
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=lambda: (parent.join(), os._exit(1)), name="exit-with-parent", daemon=True).start()
 
 
 def close_shared() -> None:
@@ -244,7 +270,7 @@ class Records:
         return sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []
 
     def start(self, ledger) -> None:
-        """Begin a run: keep the `ok` rows whose image is still on disk, forget the rest.
+        """Begin a run: keep the `ok` rows whose image is still in its shard, forget the rest.
 
         Failed URLs get another try in every run. The kept rows are written to one
         file before the old ones go, so a kill in here loses nothing. `ledger` (a
@@ -255,14 +281,19 @@ class Records:
                 if other != self.folder:
                     shutil.rmtree(other, ignore_errors=True)
         files.remove_stale_temps(self.folder)
-        old = self.paths()
         self.load(ledger)
-        write_rows(self.folder / "carried.csv",
-                   (r for r in ledger.fetched("ok") if (self.workdir / r.path).is_file()))
+        with shards.Reader() as reader:
+            self.keep(r for r in ledger.fetched("ok")
+                      if reader.holds(os.path.join(self.workdir, r.shard), r.member, r.offset, r.size))
+        ledger.forget_fetched()
+
+    def keep(self, rows: Iterable[Row]) -> None:
+        """Make `rows` the only record: written to one file before the others go, so a kill loses nothing."""
+        old = self.paths()
+        write_rows(self.folder / "carried.csv", rows)
         for path in old:
             if path.name != "carried.csv":
                 path.unlink()
-        ledger.forget_fetched()
 
     def load(self, ledger) -> None:
         """Merge the record files the ledger has not seen yet into it."""
@@ -276,9 +307,25 @@ class Records:
 # --- chunks ------------------------------------------------------------------------
 
 
+def write_shard(workdir: Path, chunk: Chunk, rows: list[Row], spool: Spool) -> None:
+    """The chunk's kept images as its shard, in list order (an image kept twice is stored once)."""
+    kept = [(i, row) for i, row in enumerate(rows) if row.status == "ok"]
+    if not kept:
+        return
+    offsets: dict[str, int] = {}
+    with shards.writing(workdir / chunk.shard) as shard:
+        for i, row in kept:
+            if row.member not in offsets:
+                offsets[row.member] = shard.add(row.member, spool.get(i))
+            row.shard, row.offset = chunk.shard, offsets[row.member]
+
+
 def download_chunk(cfg: Config, chunk: Chunk, workdir: str | Path, on_url: Callable[[], None] | None = None) -> dict:
-    """Download one chunk's URLs and record its rows; a small summary for the caller."""
+    """Download one chunk's URLs, store its shard and record its rows; a small summary for the caller."""
     workdir = Path(workdir)
-    rows = shared(cfg, workdir).rows(chunk.cls, chunk.urls, on_url)
-    Records(workdir, cfg.download).write(chunk, rows)
-    return {"class": chunk.cls, "urls": len(rows), "ok": sum(r.status == "ok" for r in rows), "pid": os.getpid()}
+    records = Records(workdir, cfg.download)
+    with Spool(records.folder) as spool:
+        rows = shared(cfg, workdir).rows(chunk.entries, on_url, spool)
+        write_shard(workdir, chunk, rows, spool)
+    records.write(chunk, rows)
+    return {"items": len(rows), "ok": sum(r.status == "ok" for r in rows), "pid": os.getpid()}

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import files, model, paths, pipeline  # noqa: F401  (model registers the custom layers)
+from tasks import files, model, paths, pipeline, shards  # noqa: F401  (model registers the custom layers)
 from tasks.config import Config
 from tasks.step import Step, StepError, Summary, step_task
 
@@ -77,8 +77,9 @@ def misclassified(val: pd.DataFrame, labels, probabilities, classes, limit: int,
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:limit]
-    return [{"image": Path(val["path"].iloc[i]).relative_to(workdir).as_posix(), "actual": classes[labels[i]],
-             "predicted": classes[predicted[i]], "probability": round(float(probabilities[i, predicted[i]]), 4)}
+    return [{"image": val["member"].iloc[i], "shard": Path(val["shard"].iloc[i]).relative_to(workdir).as_posix(),
+             "actual": classes[labels[i]], "predicted": classes[predicted[i]],
+             "probability": round(float(probabilities[i, predicted[i]]), 4)}
             for i in wrong]
 
 
@@ -128,7 +129,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     """Write metrics/eval.json, the confusion and prediction plots and the model card with its evaluation."""
     index, stats = pipeline.read_prepared(workdir)
     classes = stats["classes"]
-    val = index[index["subset"] == "validation"]
+    val = index[index["subset"] == "validation"].reset_index(drop=True)
     if val.empty:
         raise StepError("no validation images: raise split.validation_fraction or download more images")
     for required in (paths.MODEL, paths.MODEL_CARD):
@@ -156,8 +157,9 @@ def run(cfg: Config, workdir: Path) -> Summary:
         {"actual": [classes[i] for i in labels], "predicted": [classes[i] for i in predicted]}))
     plot_confusion(np.array(views[headline]["confusion"]), classes, workdir / paths.CONFUSION_PLOT)
     shown = np.linspace(0, len(val) - 1, min(ev.grid_images, len(val))).astype(int)  # across classes
-    images = np.stack([pipeline.centre_crop(pipeline.load(val["path"].iloc[i]), cfg.augment.crop_size).numpy()
-                       for i in shown])
+    with shards.Reader() as reader:
+        images = np.stack([pipeline.centre_crop(pipeline.decode(reader.read(*val[["shard", "offset", "size"]].iloc[i])),
+                                                cfg.augment.crop_size).numpy() for i in shown])
     plot_predictions(images, labels[shown], predicted[shown], best[shown, predicted[shown]], classes,
                      workdir / paths.PREDICTIONS_PLOT)
     card = json.loads((workdir / paths.MODEL_CARD).read_text())

@@ -8,6 +8,8 @@ import itertools
 import json
 import os
 import secrets
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,11 @@ def write_json(target: str | Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str | Path) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def write_csv(target: str | Path, frame) -> None:
     """Write a pandas DataFrame atomically, without the index."""
     with atomic_path(target) as tmp:
@@ -81,18 +88,84 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def digest_path(path: str | Path) -> str | None:
-    """Content digest of a file or a whole folder (names and contents); None if absent."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if not path.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
+# Digests are reused while a file's size, modification time and inode are unchanged,
+# as DVC's state database does, so checking a data set costs what changed, not what
+# exists. A file modified within this long before it was hashed is hashed again next
+# time (a write in the same timestamp tick could otherwise go unseen).
+RACY_NS = 20_000_000
+DIGESTS = ".alexnet/digests.sqlite"
+
+
+class Digests:
+    """Content digests of files, remembered by their metadata in `<workdir>/.alexnet/digests.sqlite`."""
+
+    def __init__(self, workdir: str | Path):
+        path = Path(workdir) / DIGESTS
+        self.db: sqlite3.Connection | None = None
+        self.fresh: list[tuple] = []
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, "
+                            "mtime_ns INTEGER, inode INTEGER, hashed_ns INTEGER, sha256 TEXT)")
+        except (OSError, sqlite3.Error):  # a read-only or odd file system: hash everything, remember nothing
+            self.db = None
+
+    def __enter__(self) -> "Digests":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", self.fresh)
+            self.db.close()
+
+    def file(self, path: str, st: os.stat_result) -> str:
+        """The digest of the file at `path` (absolute), whose `os.stat` is `st`."""
+        if self.db is not None:
+            found = self.db.execute("SELECT sha256 FROM digests WHERE path = ? AND size = ? AND mtime_ns = ? "
+                                    "AND inode = ? AND hashed_ns - mtime_ns > ?",
+                                    (path, st.st_size, st.st_mtime_ns, st.st_ino, RACY_NS)).fetchone()
+            if found:
+                return found[0]
+        hashed_ns = time.time_ns()
+        digest = sha256_file(path)
+        self.fresh.append((path, st.st_size, st.st_mtime_ns, st.st_ino, hashed_ns, digest))
+        return digest
+
+    def path(self, path: str | Path) -> str | None:
+        """Content digest of a file or a whole folder (names and contents); None if absent."""
+        path = os.path.abspath(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not os.path.isdir(path):
+            return self.file(path, st)
+        digest = hashlib.sha256()
+        for relative, file, st in _walk(path):
+            digest.update(f"{relative}\0{self.file(file, st)}\n".encode())
+        return digest.hexdigest()
+
+
+def _walk(folder: str, prefix: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative posix path, path, stat) of every file under `folder`, sorted by relative path."""
+    with os.scandir(folder) as found:
+        entries = sorted(found, key=lambda e: e.name)
+    for entry in entries:
+        relative = f"{prefix}{entry.name}"
+        if entry.is_dir():
+            yield from _walk(entry.path, relative + "/")
+        elif entry.is_file():
+            yield relative, entry.path, entry.stat()
+
+
+def digest_path(path: str | Path, workdir: str | Path) -> str | None:
+    """Content digest of a file or a whole folder; digests are remembered under `workdir`."""
+    with Digests(workdir) as digests:
+        return digests.path(path)
 
 
 def digest_paths(paths: list[str], workdir: Path) -> dict[str, str | None]:
-    return {path: digest_path(workdir / path) for path in paths}
+    with Digests(workdir) as digests:
+        return {path: digests.path(workdir / path) for path in paths}

@@ -20,15 +20,33 @@ from pathlib import Path
 from tasks.downloader import FIELDS, Row  # FIELDS: the columns of `fetched` and the manifest, in Row's order
 
 SELECTED = ", ".join(FIELDS)
+# The image index's columns, as the manifest names them (`cls` is written `class`).
+INDEX_COLUMNS = ("sha256", "cls", "shard", "member", "offset", "size", "width", "height", "url")
 NO_CAP = 1 << 62
 
 SCHEMA = """
 CREATE TABLE lines (line INTEGER PRIMARY KEY, url TEXT);
 CREATE TABLE classes (ord INTEGER PRIMARY KEY, cls TEXT UNIQUE, size INTEGER, window INTEGER);
 CREATE TABLE listed (cls TEXT, pos INTEGER, url TEXT, PRIMARY KEY (cls, pos), UNIQUE (cls, url));
-CREATE TABLE fetched (url TEXT, cls TEXT, status TEXT, reason TEXT, path TEXT, sha256 TEXT, width INTEGER,
-                      height INTEGER, bytes INTEGER, attempts INTEGER, elapsed_s REAL, PRIMARY KEY (cls, url));
+CREATE TABLE fetched (url TEXT, cls TEXT, status TEXT, reason TEXT, shard TEXT, member TEXT, offset INTEGER,
+                      size INTEGER, sha256 TEXT, width INTEGER, height INTEGER, bytes INTEGER, attempts INTEGER,
+                      elapsed_s REAL, PRIMARY KEY (cls, url));
 CREATE TABLE loaded (name TEXT PRIMARY KEY);
+CREATE TABLE rounds (round INTEGER, ord INTEGER, start INTEGER, stop INTEGER);
+"""
+
+# The URLs each round of planning added to the windows, cut into chunks: a chunk is
+# a run of `size` of them in list order (classes in order), so its URLs, and so its
+# shard, depend only on the plan, never on what a killed run had finished.
+CHUNKED = """
+SELECT cls, url, part FROM (
+    SELECT r.round, r.ord, l.pos, l.cls, l.url,
+           (ROW_NUMBER() OVER (PARTITION BY r.round ORDER BY r.ord, l.pos) - 1) / :size AS part
+    FROM rounds r JOIN classes c ON c.ord = r.ord
+         JOIN listed l ON l.cls = c.cls AND l.pos >= r.start AND l.pos < r.stop
+) AS w
+WHERE NOT EXISTS (SELECT 1 FROM fetched f WHERE f.cls = w.cls AND f.url = w.url)
+ORDER BY round, ord, pos
 """
 
 # The manifest's rows, in list order. Per class: an image under two classes is a
@@ -39,7 +57,8 @@ CREATE TABLE loaded (name TEXT PRIMARY KEY);
 RESOLVED = """
 WITH rows AS (
     SELECT c.ord, l.pos, l.url, l.cls, l.pos < c.window AS needed,
-           f.status, f.reason, f.path, f.sha256, f.width, f.height, f.bytes, f.attempts, f.elapsed_s,
+           f.status, f.reason, f.shard, f.member, f.offset, f.size, f.sha256, f.width, f.height, f.bytes,
+           f.attempts, f.elapsed_s,
            l.pos < c.window AND f.status = 'ok' AS good
     FROM classes c CROSS JOIN listed l  -- all of each list for the manifest, the windows for kept()
          ON l.cls = c.cls AND l.pos < IIF(:everything, c.size, c.window)
@@ -70,7 +89,8 @@ SELECT url, cls,
             WHEN good AND NOT clean THEN 'failed'
             ELSE status END AS status,
        outcome AS reason,
-       CASE WHEN good AND outcome = '' THEN path ELSE '' END AS path,
+       IIF(good AND outcome = '', shard, '') AS shard, IIF(good AND outcome = '', member, '') AS member,
+       IIF(good AND outcome = '', offset, 0) AS offset, IIF(good AND outcome = '', size, 0) AS size,
        IIF(needed, sha256, '') AS sha256, IIF(needed, width, 0) AS width, IIF(needed, height, 0) AS height,
        IIF(needed, bytes, 0) AS bytes, IIF(needed, attempts, 0) AS attempts,
        IIF(needed, elapsed_s, 0.0) AS elapsed_s
@@ -134,9 +154,16 @@ class Ledger:
         self.db.execute("DELETE FROM fetched")
         self.db.execute("DELETE FROM loaded")
 
-    def set_windows(self, windows: dict[str, int]) -> None:
+    def set_windows(self, windows: dict[str, int], round: int) -> None:
+        """The classes' windows after `round` rounds of planning (0: the first windows)."""
         with self.db:
             self.db.execute("BEGIN")
+            if round == 0:
+                self.db.execute("DELETE FROM rounds")
+                self.db.execute("UPDATE classes SET window = 0")
+            grown = [(round, n, c, n) for c, n in windows.items()]
+            self.db.executemany("INSERT INTO rounds SELECT ?, ord, window, ? FROM classes WHERE cls = ? AND ? > window",
+                                grown)
             self.db.executemany("UPDATE classes SET window = ? WHERE cls = ?", [(n, c) for c, n in windows.items()])
 
     # --- reading it ---------------------------------------------------------------
@@ -159,6 +186,10 @@ class Ledger:
     def has_pending(self) -> bool:
         return next(self.pending(), None) is not None
 
+    def pending_chunks(self, size: int) -> Iterator[tuple[str, str, int]]:
+        """(class, URL, chunk number) of the pending URLs, in list order; see CHUNKED."""
+        return self.db.execute(CHUNKED, {"size": size})
+
     def kept(self, cap: int | None) -> dict[str, int]:
         """Good images per class that the manifest would keep with the current windows."""
         query = f"SELECT cls, COUNT(*) FROM ({RESOLVED}) WHERE status = 'ok' GROUP BY cls"
@@ -172,14 +203,43 @@ class Ledger:
             self.db.execute("BEGIN")
             self.db.execute("DROP TABLE IF EXISTS manifest")
             self.db.execute(f"CREATE TABLE manifest AS {RESOLVED}", {"cap": _cap(cap), "everything": True})
-            self.db.execute("CREATE INDEX manifest_path ON manifest (path)")
+            self.db.execute("CREATE INDEX manifest_shard ON manifest (shard, offset)")
 
     def manifest(self) -> Iterator[Row]:
         yield from (Row(*r) for r in self.db.execute(f"SELECT {SELECTED} FROM manifest ORDER BY rowid"))
 
-    def lists(self, path: str) -> bool:
-        """Does the manifest keep the image at this path?"""
-        return self.db.execute("SELECT 1 FROM manifest WHERE path = ? AND status = 'ok'", (path,)).fetchone() is not None
+    def index(self) -> Iterator[tuple]:
+        """The kept images (INDEX_COLUMNS), shard by shard in offset order."""
+        return self.db.execute(f"SELECT {', '.join(INDEX_COLUMNS)} FROM manifest WHERE status = 'ok' "
+                               "ORDER BY shard, offset")
+
+    def kept_shards(self) -> set[str]:
+        return {shard for (shard,) in self.db.execute("SELECT DISTINCT shard FROM manifest WHERE status = 'ok'")}
+
+    def shards_to_prune(self) -> list[str]:
+        """Shards holding images the manifest does not keep (a duplicate, a conflict, one past the cap)."""
+        return [shard for (shard,) in self.db.execute(
+            "SELECT shard FROM (SELECT shard, COUNT(DISTINCT offset) AS n FROM fetched WHERE status = 'ok' "
+            "GROUP BY shard) s WHERE n > (SELECT COUNT(*) FROM manifest m WHERE m.shard = s.shard AND m.status = 'ok')")]
+
+    def kept_members(self, shard: str) -> list[tuple[str, int, int]]:
+        """(member, offset, size) of the images the manifest keeps from `shard`, in offset order."""
+        return self.db.execute("SELECT member, offset, size FROM manifest WHERE shard = ? AND status = 'ok' "
+                               "ORDER BY offset", (shard,)).fetchall()
+
+    def moved(self, shard: str, offsets: dict[int, int]) -> None:
+        """`shard` was rewritten with only the images at `offsets` (old to new): the rows follow.
+
+        Rows of images it dropped are forgotten (fetched again if ever needed). Offsets only
+        shrink, so moving them in ascending order never meets one not yet moved.
+        """
+        with self.db:
+            self.db.execute("BEGIN")
+            kept = ",".join(str(int(old)) for old in offsets)
+            self.db.execute(f"DELETE FROM fetched WHERE shard = ? AND offset NOT IN ({kept})", (shard,))
+            for table in ("manifest", "fetched"):
+                self.db.executemany(f"UPDATE {table} SET offset = ? WHERE shard = ? AND offset = ?",
+                                    [(new, shard, old) for old, new in sorted(offsets.items())])
 
     def outcomes(self) -> list[tuple[str, str, str, int]]:
         """(class, status, outcome, URLs): the outcome is `ok` or the reason a URL gave no image."""

@@ -5,10 +5,11 @@ These names are the contract between the steps, dvc.yaml and the CLI.
 
 STATE = ".alexnet"  # the pipeline's own state: results, download records, checkpoints
 URLS = "data/urls"  # <class>.txt, one URL per line
-IMAGES = "data/images"  # <class>/<sha256>.<ext>
+IMAGES = "data/images"  # the kept images as shards (<id>.tar, members <class>/<sha256>.<ext>), index.csv
+IMAGE_INDEX = f"{IMAGES}/index.csv"  # one row per kept image: where it is (shard, offset, size), class, URL
 MANIFEST = "data/manifest.csv"  # one row per (class, URL)
-SPLIT = "data/split.csv"  # path, class, sha256, subset
-AUGMENTED = "data/augment"  # canonical images, index.csv, stats.json
+SPLIT = "data/split.csv"  # the image index, plus each image's subset
+AUGMENTED = "data/augment"  # canonical images as shards (<subset>-<n>.tar), index.csv, stats.json
 AUGMENT_INDEX = f"{AUGMENTED}/index.csv"
 STATS = f"{AUGMENTED}/stats.json"
 AUGMENT_PLOT = "plots/augmentation.png"

@@ -1,10 +1,14 @@
 """The tf.data input pipeline: canonical images in, augmented crops out.
 
-Every training transform is a function of a batch and a stateless seed, so a view
-depends only on (seed, epoch, position): runs are deterministic and a resumed run
-sees the same data as an uninterrupted one. Files are decoded in parallel as they
-are read, so the data set need not fit in memory. The model normalises its own
-input, so the pipeline yields RGB pixels in [0, 255] (give or take the colour shift).
+Images come from the augment step's shards: a shard is read whole, its images
+sliced out by the offsets in the index and decoded in parallel, so the data set need
+not fit in memory and the disk sees large sequential reads. Each epoch reads the
+shards in a new order, a few at a time (interleaved), and shuffles images in a
+buffer. Every order and every training transform is a function of the seed and
+the epoch (transforms: of a batch and a stateless seed), so runs are deterministic
+and a resumed run sees the same data as an uninterrupted one. The model normalises
+its own input, so the pipeline yields RGB pixels in [0, 255] (give or take the
+colour shift).
 
 Policies (`augment.policy`): `paper`, random crops, horizontal flips and the PCA
 colour shift; `seed`, the tutorial's ImageDataGenerator settings (rotation, shift,
@@ -28,17 +32,21 @@ from tasks.config import Augment
 from tasks.step import StepError
 
 AUTOTUNE = tf.data.AUTOTUNE
+CYCLE = 8  # shards read at once while training: each epoch's images come from this many at a time
+SHUFFLE_BUFFER = 4096  # images shuffled across those shards
 
 
 def read_prepared(workdir: Path) -> tuple[pd.DataFrame, dict]:
-    """The augment step's index (with absolute paths) and colour statistics."""
+    """The augment step's index (absolute shard paths, in shard and offset order) and colour statistics."""
     index_path, stats_path = workdir / paths.AUGMENT_INDEX, workdir / paths.STATS
     for path in (index_path, stats_path):
         if not path.is_file():
             raise StepError(f"missing {path}: run the augment step first")
-    index = pd.read_csv(index_path, keep_default_na=False)
-    index["path"] = [str(workdir / p) for p in index["path"]]
-    return index, json.loads(stats_path.read_text())
+    index = pd.read_csv(index_path, keep_default_na=False, dtype={"shard": "category", "member": str,
+                                                                  "class": "category", "subset": "category"})
+    index["shard"] = index["shard"].cat.rename_categories(lambda shard: str(workdir / shard))
+    return index.sort_values(["shard", "offset"], kind="stable").reset_index(drop=True), \
+        json.loads(stats_path.read_text())
 
 
 def normalisation(cfg: Augment, stats: dict, init: str) -> dict | None:
@@ -56,9 +64,9 @@ def normalisation(cfg: Augment, stats: dict, init: str) -> dict | None:
     }[how]
 
 
-def load(path: tf.Tensor) -> tf.Tensor:
-    """A canonical image file as uint8 RGB (four times smaller than float32 in batches and caches)."""
-    return tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+def decode(data: tf.Tensor) -> tf.Tensor:
+    """A canonical image's JPEG bytes as uint8 RGB (four times smaller than float32 in batches and caches)."""
+    return tf.io.decode_jpeg(data, channels=3)
 
 
 # --- training transforms: a batch [B, H, W, 3] and a stateless seed of shape [2] ----
@@ -174,8 +182,35 @@ def augment(images: tf.Tensor, seed: tf.Tensor, cfg: Augment, stats: dict) -> tf
 # --- data sets ----------------------------------------------------------------------
 
 
-def _examples(index: pd.DataFrame) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices((index["path"].tolist(), index["label"].to_numpy(np.int32)))
+class Shards:
+    """An index's images grouped by shard, as tensors a tf.data function can look up."""
+
+    def __init__(self, index: pd.DataFrame):
+        ordered = index.sort_values(["shard", "offset"], kind="stable")
+        shard = ordered["shard"].astype(str).to_numpy()
+        starts = np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]])
+        self.count = len(starts)
+        self.paths = tf.constant(shard[starts] if len(shard) else np.array([], str))
+        self.starts = tf.constant(starts, tf.int64)
+        self.sizes = tf.constant(np.diff(np.r_[starts, len(shard)]), tf.int64)
+        self.offsets = tf.constant(ordered["offset"].to_numpy(np.int64))
+        self.lengths = tf.constant(ordered["size"].to_numpy(np.int64))
+        self.labels = tf.constant(ordered["label"].to_numpy(np.int32))
+
+    def records(self, i: tf.Tensor, order_seed: tf.Tensor | None = None) -> tf.data.Dataset:
+        """Shard i's (JPEG bytes, label), from one read of the whole file; in a seeded order if given."""
+        contents = tf.io.read_file(self.paths[i])
+        rows = tf.range(self.starts[i], self.starts[i] + self.sizes[i])
+        if order_seed is not None:
+            rows = tf.random.experimental.stateless_shuffle(rows, order_seed)
+        return tf.data.Dataset.from_tensor_slices(rows).map(
+            lambda r: (tf.strings.substr(contents, self.offsets[r], self.lengths[r]), self.labels[r]))
+
+    def in_order(self) -> tf.data.Dataset:
+        """Every (JPEG bytes, label), shard by shard in offset order: the index's order."""
+        images = int(self.offsets.shape[0])  # told to tf.data, so that Keras knows where a pass ends
+        return tf.data.Dataset.range(self.count).flat_map(self.records).apply(
+            tf.data.experimental.assert_cardinality(images))
 
 
 def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int, seed: int, epochs: int,
@@ -183,20 +218,27 @@ def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int
     """Augmented batches for epochs first_epoch + 1 .. epochs, ceil(n / batch_size) per epoch.
 
     Epoch e's order and views depend only on (seed, e), so a run resumed at epoch e
-    sees what an uninterrupted run would. Files are decoded in parallel, batches
-    augmented in parallel. With `cache`, decoded images stay in memory after the
-    first epoch; without, the paths are shuffled and the images read each epoch.
+    sees what an uninterrupted run would. Each epoch reads the shards in its own
+    order, CYCLE at a time, each in its own order, through a shuffle buffer; images
+    are decoded and batches augmented in parallel. With `cache`, decoded images stay
+    in memory after the first epoch, and each epoch is a full shuffle of them.
     """
     n, steps = len(index), -(-len(index) // batch_size)
-    examples = _examples(index)
-    decode = lambda path, label: (load(path), label)  # noqa: E731
+    shards = Shards(index)
+    decode_pair = lambda data, label: (decode(data), label)  # noqa: E731
     if cache:
-        examples = examples.map(decode, num_parallel_calls=AUTOTUNE).cache()
+        examples = shards.in_order().map(decode_pair, num_parallel_calls=AUTOTUNE).cache()
 
     def epoch(e):
-        order = examples.shuffle(n, seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
-        if not cache:
-            order = order.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        epoch_seed = seed * 1_000_003 + e
+        if cache:
+            order = examples.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=False)
+        else:
+            order = tf.data.Dataset.range(shards.count).shuffle(shards.count, seed=epoch_seed).interleave(
+                lambda i: shards.records(i, tf.stack([epoch_seed, i])), cycle_length=min(CYCLE, shards.count),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+            order = order.shuffle(SHUFFLE_BUFFER, seed=epoch_seed).map(
+                decode_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
         seeds = tf.data.Dataset.range(steps).map(lambda b: tf.stack([tf.constant(seed, tf.int64), e * steps + b]))
         return tf.data.Dataset.zip(order.batch(batch_size), seeds).map(
             lambda batch, s: (augment(batch[0], s, cfg, stats), batch[1]),
@@ -207,17 +249,17 @@ def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int
 
 def validation_set(index: pd.DataFrame, cfg: Augment, batch_size: int) -> tf.data.Dataset:
     """Centre crops and labels."""
-    crop = lambda path, label: (tf.cast(centre_crop(load(path), cfg.crop_size), tf.float32), label)  # noqa: E731
-    return _examples(index).map(crop, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+    crop = lambda data, label: (tf.cast(centre_crop(decode(data), cfg.crop_size), tf.float32), label)  # noqa: E731
+    return Shards(index).in_order().map(crop, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
 
 
 def eval_views(index: pd.DataFrame, cfg: Augment, batch_size: int, ten: bool) -> tf.data.Dataset:
-    """Per image the centre crop ([1, s, s, 3]) or the paper's ten crops ([10, s, s, 3], centre first)."""
+    """Per image, in shard and offset order, the centre crop ([1, s, s, 3]) or the paper's ten crops
+    ([10, s, s, 3], centre first)."""
 
-    def views(path):
-        image = load(path)
+    def views(data, label):
+        image = decode(data)
         crops = ten_crops(image, cfg.crop_size) if ten else centre_crop(image, cfg.crop_size)[None]
         return tf.cast(crops, tf.float32)
 
-    return tf.data.Dataset.from_tensor_slices(index["path"].tolist()).map(
-        views, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+    return Shards(index).in_order().map(views, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tasks import model, paths, pipeline  # noqa: F401  (model registers the custom layers)
-from tasks.augment import canonical
+from tasks.canonical import canonical
 
 
 def views(path: Path, image_size: int, input_size: int, ten_crop: bool) -> np.ndarray:

@@ -20,6 +20,30 @@ OUTPUTS = {
 }
 
 
+SHOWN = 12  # rows of a per-class table shown in a console summary or a UI table
+
+
+def some(names: list[str], limit: int = SHOWN) -> str:
+    """Names for a log line: all of them, or the first few and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def class_table(table: dict[str, dict[str, int]], limit: int = SHOWN, sort_by: str | None = None) -> str:
+    """Counts per class as text: every class when there are few, else the smallest `limit`
+    (by `sort_by`, default the first column) and each column's total, min, median and max."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_dict(table, orient="index").fillna(0).astype(int).rename_axis("class")
+    if len(frame) <= limit:
+        return frame.to_string()
+    column = sort_by or frame.columns[0]
+    smallest = frame.sort_values(column, kind="stable").head(limit)
+    spread = frame.agg(["sum", "min", "median", "max"]).rename(index={"sum": "total"})
+    return (f"{spread.to_string()}\n{len(frame)} classes; the {limit} with the fewest {column}:\n"
+            f"{smallest.to_string()}")
+
+
 def text(summaries: dict) -> str:
     """A short summary: images per class, validation accuracy, where the outputs are."""
     download = summaries.get("download", {})

@@ -10,12 +10,13 @@ empty, rather than move an image to fill it.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import os
+from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-
-from tasks import files, paths
+from tasks import files, paths, report
 from tasks.config import Config
 from tasks.step import Step, StepError, Summary, step_task
 
@@ -25,6 +26,8 @@ STEP = Step(
     deps=(paths.IMAGES, paths.MANIFEST),
     outs=(paths.SPLIT,),
 )
+# data/split.csv: where each image is (as in the image index) and its subset.
+COLUMNS = ["sha256", "class", "subset", "shard", "member", "offset", "size"]
 
 
 def score(sha256: str, seed: int) -> float:
@@ -33,33 +36,40 @@ def score(sha256: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign(images: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    validation = [score(s, seed) < fraction for s in images["sha256"]]
-    return images.assign(subset=["validation" if v else "train" for v in validation])
+def subset(sha256: str, fraction: float, seed: int) -> str:
+    return "validation" if score(sha256, seed) < fraction else "train"
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
-    """Write data/split.csv (path, class, sha256, subset) from the manifest's good images."""
-    manifest_path = workdir / paths.MANIFEST
-    if not manifest_path.is_file():
-        raise StepError(f"missing {manifest_path}: run the download step first")
-    manifest = pd.read_csv(manifest_path, keep_default_na=False)
-    images = manifest.loc[manifest["status"] == "ok", ["path", "class", "sha256"]]
-    if images["sha256"].duplicated().any():  # download keeps each image once, in one class
-        raise StepError(f"{manifest_path} lists an image twice; rerun download")
-    missing = [p for p in images["path"] if not (workdir / p).is_file()]
-    if missing:
-        raise StepError(f"{len(missing)} images in the manifest are missing on disk, e.g. {missing[0]}; rerun download")
-    split = assign(images, cfg.split.validation_fraction, cfg.base.seed)
-    split = split.sort_values(["class", "sha256"]).reset_index(drop=True)
-    files.write_csv(workdir / paths.SPLIT, split)
-    counts = split.groupby(["class", "subset"]).size().unstack(fill_value=0)
-    counts = counts.reindex(columns=["train", "validation"], fill_value=0)
-    print(f"split: images per class and subset\n{counts.to_string()}")
-    for cls, row in counts.iterrows():
-        if not row.all():
-            print(f"split: warning: class {cls} has no {'validation' if row['train'] else 'training'} images")
-    return {"step": STEP.name, "counts": {c: {k: int(v) for k, v in r.items()} for c, r in counts.iterrows()}}
+    """Write data/split.csv from the image index, a row at a time (memory stays flat)."""
+    index_path = workdir / paths.IMAGE_INDEX
+    if not index_path.is_file():
+        raise StepError(f"missing {index_path}: run the download step first")
+    counts: Counter[tuple[str, str]] = Counter()
+    ends: dict[str, int] = {}  # per shard, where its last image ends
+    with open(index_path, newline="") as source, files.atomic_path(workdir / paths.SPLIT) as tmp, \
+            open(tmp, "w", newline="") as out:
+        writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in csv.DictReader(source):
+            row["subset"] = subset(row["sha256"], cfg.split.validation_fraction, cfg.base.seed)
+            counts[row["class"], row["subset"]] += 1
+            ends[row["shard"]] = max(ends.get(row["shard"], 0), int(row["offset"]) + int(row["size"]))
+            writer.writerow(row)
+        short = [shard for shard, end in ends.items()
+                 if not os.path.isfile(workdir / shard) or os.path.getsize(workdir / shard) < end]
+        if short:
+            raise StepError(f"{len(short)} shards in {paths.IMAGE_INDEX} are missing or cut short, e.g. {short[0]}; "
+                            "rerun download")
+    classes = sorted({cls for cls, _ in counts})
+    table = {cls: {s: counts[cls, s] for s in ("train", "validation")} for cls in classes}
+    print(f"split: {sum(counts.values())} images in {len(classes)} classes; per class and subset:\n"
+          + report.class_table(table))
+    for name, key in (("validation", "validation"), ("training", "train")):
+        if empty := [cls for cls in classes if not counts[cls, key]]:
+            print(f"split: warning: {len(empty)} classes have no {name} images: {report.some(empty)}")
+    return {"step": STEP.name, "images": sum(counts.values()),
+            "subsets": {s: sum(counts[c, s] for c in classes) for s in ("train", "validation")}, "classes": len(classes)}
 
 
 split_task = step_task(STEP, run)

@@ -111,13 +111,14 @@ def code_closure(module: str) -> list[Path]:
 
 def cache_key(step: Step, cfg: Config, workdir: Path) -> str:
     """Digest of everything the step reads: input files, params sections, code."""
-    material = {
-        "step": step.name,
-        "params": {name: cfg.section(name) for name in step.params},
-        "code": {p.name: files.sha256_file(p) for p in step.code_files()},
-        "deps": files.digest_paths(list(step.deps), workdir),
-        "inputs": {str(p): files.digest_path(p) for p in (step.inputs(cfg, workdir) if step.inputs else [])},
-    }
+    with files.Digests(workdir) as digests:
+        material = {
+            "step": step.name,
+            "params": {name: cfg.section(name) for name in step.params},
+            "code": {p.name: files.sha256_file(p) for p in step.code_files()},
+            "deps": {path: digests.path(workdir / path) for path in step.deps},
+            "inputs": {str(p): digests.path(p) for p in (step.inputs(cfg, workdir) if step.inputs else [])},
+        }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 

@@ -51,10 +51,17 @@ def dvc(*args: str, workdir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, capture_output=True, text=True)
 
 
+def dvc_message(done: subprocess.CompletedProcess) -> str:
+    """What DVC said about a failure: its error lines (it writes them to either stream), or all it printed."""
+    said = (done.stderr + done.stdout).strip()
+    errors = [line for line in said.splitlines() if line.startswith("ERROR")]
+    return "\n".join(errors) or said or f"exit status {done.returncode}, nothing printed"
+
+
 def _state(workdir: Path, keys: dict[str, str], stages: list[str], pushed: bool) -> dict:
     """What a commit records: each step's key and outputs, DVC's own files, the push."""
     steps = {s: [keys.get(s), keys.get(s) and recorded_outputs(workdir, keys[s])] for s in stages}
-    dvc_files = {name: files.digest_path(workdir / name) for name in ("dvc.yaml", "dvc.lock", PARAMS_FILE)}
+    dvc_files = files.digest_paths(["dvc.yaml", "dvc.lock", PARAMS_FILE], workdir)
     return {"steps": steps, "files": dvc_files, "pushed": pushed}
 
 
@@ -77,15 +84,15 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
                 "left uncommitted, so `dvc status` shows them as changed")
         log.warning(note)
     if stages:
-        done = dvc("commit", "--force", "--quiet", *stages, workdir=workdir)
+        done = dvc("commit", "--force", *stages, workdir=workdir)
         if done.returncode != 0:
-            raise StepError(f"dvc commit failed: {done.stderr.strip() or done.stdout.strip()}")
+            raise StepError(f"dvc commit failed: {dvc_message(done)}")
     pushed = []
     if stages and cfg.dvc.push:
         remote = ["--remote", cfg.dvc.remote] if cfg.dvc.remote else []
         done = dvc("push", *remote, *stages, workdir=workdir)
         if done.returncode != 0:
-            raise StepError(f"dvc push failed: {done.stderr.strip() or done.stdout.strip()}")
+            raise StepError(f"dvc push failed: {dvc_message(done)}")
         pushed = stages
     if keys:
         files.write_json(synced, _state(workdir, keys, stages, cfg.dvc.push))

@@ -173,19 +173,22 @@ def _task_runs(api: str, flow_run_id: str) -> list[tuple[str, str]]:
     return [(r["name"].rsplit("-", 1)[0], r["state"]["name"]) for r in runs]
 
 
+CHUNK_TASKS = ("download_chunk", "augment_chunk")
+
+
 def task_states(api: str, flow_run_id: str) -> dict[str, str]:
     """{step: state} of the flow run's step tasks, each of which must run once."""
     states = {}
     for name, state in _task_runs(api, flow_run_id):
-        if name != "download_chunk":
+        if name not in CHUNK_TASKS:
             assert name not in states, f"two task runs named {name}"
             states[name] = state
     return states
 
 
-def chunk_states(api: str, flow_run_id: str) -> list[str]:
-    """States of the download_chunk tasks the download step ran."""
-    return [state for name, state in _task_runs(api, flow_run_id) if name == "download_chunk"]
+def chunk_states(api: str, flow_run_id: str, name: str = "download_chunk") -> list[str]:
+    """States of the chunk tasks (download_chunk, augment_chunk) a step ran."""
+    return [state for task, state in _task_runs(api, flow_run_id) if task == name]
 
 
 def latest_flow_run(api: str) -> dict:

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from tasks import augment, files, paths
+from tasks import augment, files, paths, shards, split
 from tasks.config import validate
 
 PATTERNS = ("horizontal", "vertical", "diagonal", "checks", "rings", "dots")
@@ -42,18 +42,17 @@ def pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 def prepare(workdir: Path, params: dict, classes: int = 6, train: int = 30, validation: int = 10,
             seed: int = 0) -> Path:
-    """Write images, data/split.csv and run the augment step; returns `workdir`."""
+    """Write a shard of images, data/split.csv and run the augment step; returns `workdir`."""
     rng = np.random.default_rng(seed)
     rows = []
-    for kind in PATTERNS[:classes]:
-        for i in range(train + validation):
-            image = pattern(kind, 96, rng)
-            data = cv2.imencode(".png", image)[1].tobytes()
-            digest = files.sha256_bytes(data)
-            path = f"{paths.IMAGES}/{kind}/{digest}.png"
-            files.write_bytes(workdir / path, data)
-            rows.append({"path": path, "class": kind, "sha256": digest,
-                         "subset": "train" if i < train else "validation"})
-    files.write_csv(workdir / paths.SPLIT, pd.DataFrame(rows))
+    shard = f"{paths.IMAGES}/generated{shards.SUFFIX}"
+    with shards.writing(workdir / shard) as out:
+        for kind in PATTERNS[:classes]:
+            for i in range(train + validation):
+                data = cv2.imencode(".png", pattern(kind, 96, rng))[1].tobytes()
+                digest, member = files.sha256_bytes(data), f"{kind}/{files.sha256_bytes(data)}.png"
+                rows.append({"sha256": digest, "class": kind, "subset": "train" if i < train else "validation",
+                             "shard": shard, "member": member, "offset": out.add(member, data), "size": len(data)})
+    files.write_csv(workdir / paths.SPLIT, pd.DataFrame(rows, columns=split.COLUMNS))
     augment.run(validate(params), workdir)
     return workdir

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import free_port, latest_flow_run, make_project, run, task_states, tiny_params
+from tasks import paths
 from tasks.step import STEP_NAMES
 
 pytestmark = pytest.mark.slow
@@ -52,14 +53,33 @@ def test_a_train_param_reruns_train_and_evaluate_only(project):
     assert project.flow() == {**CACHED, "train": "Completed", "evaluate": "Completed"}
 
 
-def test_a_deleted_image_is_downloaded_again(project):
-    image = sorted((project.dir / "data" / "images" / "ships").iterdir())[0]
-    content = image.read_bytes()
-    image.unlink()
+def test_a_deleted_shard_is_downloaded_again(project):
+    shard = sorted((project.dir / paths.IMAGES).glob("*.tar"))[0]
+    content = shard.read_bytes()
+    shard.unlink()
     # The manifest records the new fetch (attempts, elapsed_s), so split reads a changed
     # file and runs; its output is the same, so nothing after it does.
     assert project.flow() == {**CACHED, "download": "Completed", "split": "Completed"}
-    assert image.read_bytes() == content
+    assert shard.read_bytes() == content
+
+
+def test_a_changed_byte_in_a_shard_reruns_the_step_that_wrote_it(project):
+    shard = sorted((project.dir / paths.AUGMENTED).glob("train-*.tar"))[0]
+    content = bytearray(shard.read_bytes())
+    content[700] ^= 0xFF  # inside the first image, same size
+    shard.write_bytes(content)
+    # augment writes that shard again (its other shards are reused), as it was: train reads the same data.
+    assert project.flow() == {**CACHED, "augment": "Completed"}
+    assert shard.read_bytes()[700] == content[700] ^ 0xFF
+
+
+def test_an_edited_index_reruns_the_step_that_wrote_it(project):
+    index = project.dir / paths.IMAGE_INDEX
+    original = index.read_text()
+    index.write_text(original.rsplit("\n", 2)[0] + "\n")  # the last image dropped
+    # download tries its failed URLs again (new elapsed_s in the manifest), so split runs on a changed file.
+    assert project.flow() == {**CACHED, "download": "Completed", "split": "Completed"}
+    assert index.read_text() == original
 
 
 def test_a_deleted_model_is_trained_again(project):
@@ -83,8 +103,8 @@ def test_an_edited_url_list_is_fetched_again(project):
 def test_a_changed_step_module_reruns_that_step_and_what_its_output_feeds(project):
     module = project.dir / "tasks" / "split.py"
     source = module.read_text()
-    # A behaviour change: the split keeps rows in the opposite order.
-    changed = source.replace('sort_values(["class", "sha256"])', 'sort_values(["class", "sha256"], ascending=False)')
+    # A behaviour change: the draw that assigns each image to a subset.
+    changed = source.replace('f"{seed}:{sha256}"', 'f"{seed}/{sha256}"')
     assert changed != source
     module.write_text(changed)
     try:

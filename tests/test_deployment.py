@@ -57,8 +57,9 @@ def test_deployment_run_completes_with_one_task_per_step_and_dvc_in_sync(served)
     assert flow_run["state"]["type"] == "COMPLETED"
     assert flow_run["parameters"] == {}  # the defaults: params.yaml, no overrides
     assert task_states(served.api, flow_run_id) == {name: "Completed" for name in STEP_NAMES}
-    chunks = chunk_states(served.api, flow_run_id)
-    assert chunks and set(chunks) == {"Completed"}  # the download ran as download_chunk tasks
+    for name in ("download_chunk", "augment_chunk"):  # download and augment ran as chunk tasks
+        chunks = chunk_states(served.api, flow_run_id, name)
+        assert chunks and set(chunks) == {"Completed"}, name
     assert (served.project / "models" / "alexnet.h5").is_file()
     status = run([sys.executable, "-m", "dvc", "status"], served.project)
     assert status.stdout.strip() == "Data and pipelines are up to date."

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import merge
 from hostile import BODIES, HostileServer, photo
-from tasks import download, downloader, files, paths, web
+from tasks import download, downloader, files, paths, shards, web
 from tasks.config import validate
 from tasks.step import StepError
 
@@ -57,6 +57,20 @@ def fetch(workdir: Path, lists: dict[str, list[str]], cfg=None) -> tuple[pd.Data
         assert "too few good images" in str(exc)
         summary = None
     return pd.read_csv(workdir / paths.MANIFEST, keep_default_na=False), summary
+
+
+def stored(workdir: Path, row) -> bytes:
+    """The bytes a manifest row's image is stored as, read from its shard."""
+    with shards.Reader() as reader:
+        return reader.read(workdir / row.shard, row.offset, row.size)
+
+
+def decoded(workdir: Path, row, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(stored(workdir, row), np.uint8), flags)
+
+
+def on_disk(workdir: Path) -> list[str]:
+    return sorted(p.relative_to(workdir).as_posix() for p in (workdir / paths.IMAGES).rglob("*") if p.is_file())
 
 
 def outcome(manifest: pd.DataFrame, url: str, cls: str = "a") -> tuple[str, str]:
@@ -119,17 +133,18 @@ def test_every_hostile_case_gets_its_reason_and_every_good_one_is_kept(tmp_path,
     assert {u: outcome(manifest, u)[1] for u in extra} == extra
     ok = manifest[manifest["status"] == "ok"]
     for row in ok.itertuples():  # stored under its digest, 8-bit colour, dimensions as later steps read it
-        stored = cv2.imread(str(tmp_path / row.path), cv2.IMREAD_UNCHANGED)
-        assert Path(row.path).stem == row.sha256 and Path(row.path).parent.name == row._2
-        assert stored.dtype == np.uint8 and stored.ndim == 3 and stored.shape[2] == 3
-        assert cv2.imread(str(tmp_path / row.path), cv2.IMREAD_COLOR).shape == (row.height, row.width, 3)
+        image = decoded(tmp_path, row, cv2.IMREAD_UNCHANGED)
+        assert row.member.rsplit(".", 1)[0] == f"{row._2}/{row.sha256}"
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert decoded(tmp_path, row).shape == (row.height, row.width, 3)
     failed = manifest[manifest["status"] == "failed"]
-    assert (failed["path"] == "").all() and (failed["reason"] != "").all()
+    assert (failed["shard"] == "").all() and (failed["reason"] != "").all()
     outcomes = manifest["status"].where(manifest["status"] == "ok", manifest["reason"])
     assert summary["outcomes"]["a"] == outcomes[manifest["class"] == "a"].value_counts().to_dict()
     assert summary["ok"] == {"a": len(ok) - 1, "b": 1}
-    stored = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / paths.IMAGES).rglob("*") if p.is_file())
-    assert stored == sorted(ok["path"])  # nothing else: no temp files, nothing from failed URLs
+    # Nothing else: no temp files, nothing from failed URLs.
+    assert on_disk(tmp_path) == sorted({*ok["shard"], paths.IMAGE_INDEX})
+    assert len(pd.read_csv(tmp_path / paths.IMAGE_INDEX)) == len(ok)
 
 
 def _closed_port() -> int:
@@ -142,17 +157,17 @@ def test_conversions_keep_the_picture(tmp_path, host):
     manifest, _ = fetch(tmp_path, {"a": [host.url(p) for p in ("/good.jpg", "/cmyk.jpg", "/alpha.png", "/deep.png",
                                                                "/gray.jpg", "/big.jpg", "/turned.jpg",
                                                                "/big-turned.jpg")], "b": []})
-    path = dict(zip(manifest["url"].str.rsplit("/", n=1).str[1], manifest["path"]))
-    read = {name: cv2.imread(str(tmp_path / p), cv2.IMREAD_UNCHANGED) for name, p in path.items()}
-    assert (tmp_path / path["good.jpg"]).read_bytes() == BODIES["/good.jpg"]  # an RGB JPEG is stored as it came
+    row = {r.url.rsplit("/", 1)[1]: r for r in manifest.itertuples()}
+    read = {name: decoded(tmp_path, r, cv2.IMREAD_UNCHANGED) for name, r in row.items()}
+    assert stored(tmp_path, row["good.jpg"]) == BODIES["/good.jpg"]  # an RGB JPEG is stored as it came
     assert np.abs(read["cmyk.jpg"].astype(int) - (0, 0, 255)).max() < 40  # CMYK red is BGR red
     assert np.abs(read["alpha.png"][:, :30].mean((0, 1)) - (255, 0, 0)).max() < 3  # opaque blue kept (JPEG-stored)
     assert read["alpha.png"][:, 50:].min() > 240  # transparent over white
     assert read["gray.jpg"].shape[2] == 3 and read["deep.png"].dtype == np.uint8
     assert read["big.jpg"].shape[:2] == (171, 512)  # longer side shrunk to download.max_side
     # EXIF orientation: upright as later steps read them (OpenCV applies it), resized or not.
-    upright = {name: cv2.imread(str(tmp_path / p), cv2.IMREAD_COLOR) for name, p in path.items()}
-    assert (tmp_path / path["turned.jpg"]).read_bytes() == BODIES["/turned.jpg"]  # its tag is kept
+    upright = {name: decoded(tmp_path, r) for name, r in row.items()}
+    assert stored(tmp_path, row["turned.jpg"]) == BODIES["/turned.jpg"]  # its tag is kept
     assert np.abs(upright["turned.jpg"].astype(int) - photo(10)).mean() < 8
     assert np.abs(upright["big-turned.jpg"].astype(int) - cv2.resize(photo(11, (300, 900)), (512, 171))).mean() < 8
     dims = manifest.set_index(manifest["url"].str.rsplit("/", n=1).str[1])[["height", "width"]]
@@ -179,8 +194,10 @@ def test_duplicates_are_stored_once_and_label_conflicts_kept_in_neither(tmp_path
     assert [outcome(manifest, u) for u in a] == [("ok", ""), ("skipped", "duplicate"), ("failed", "label_conflict"),
                                                  ("ok", "")]
     assert [outcome(manifest, u, "b") for u in b] == [("ok", ""), ("failed", "label_conflict")]
-    shared = manifest.loc[manifest["url"] == b[1], "sha256"].iloc[0]
-    assert not list((tmp_path / paths.IMAGES).rglob(f"{shared}.*"))
+    shared, duplicated = (manifest.loc[manifest["url"] == u, "sha256"].iloc[0] for u in (b[1], a[0]))
+    members = [name for shard in set(manifest["shard"]) - {""} for name, *_ in shards.members(tmp_path / shard)]
+    assert not [m for m in members if shared in m]
+    assert len([m for m in members if duplicated in m]) == 1
     assert summary["ok"] == {"a": 2, "b": 1}
 
 
@@ -200,19 +217,29 @@ def test_images_per_class_keeps_the_first_good_images_and_fetches_little_more(tm
     assert summary is None  # b has no image left: the step fails, after writing the manifest
 
 
-def test_images_the_manifest_no_longer_lists_are_removed_with_their_empty_folders(tmp_path, host):
+def test_images_the_manifest_no_longer_lists_are_pruned_from_their_shards(tmp_path, host):
     a, b = [host.url(f"/photo/{i}.jpg") for i in range(6)], [host.url(f"/photo/{i}.jpg") for i in range(6, 9)]
-    fetch(tmp_path, {"a": a, "b": b})
-    assert len(list((tmp_path / paths.IMAGES / "b").iterdir())) == 3
-    # Class b replaced by c and the cap lowered: b's folder goes, and a keeps only its first two images.
+    first, _ = fetch(tmp_path, {"a": a, "b": b})
+    # Chunks of 8 URLs run across classes: a's six images and b's first two share a shard.
+    assert first["shard"].tolist() == [first["shard"][0]] * 8 + [first["shard"][8]]
+    stale = tmp_path / paths.IMAGES / "old-layout" / "x.jpg"  # anything else in the folder goes too
+    files.write_bytes(stale, b"x")
+    # Class b replaced by c and the cap lowered: b's images go, and a keeps only its first two images.
     classes = {"a": {"wnid": "n00000001"}, "c": {"wnid": "n00000003"}}
     cfg = validate({"data": {"classes": classes, "images_per_class": 2}, "download": FAST})
     manifest, _ = fetch(tmp_path, {"a": a, "c": [host.url("/photo/9.jpg")]}, cfg)
     ok = manifest[manifest["status"] == "ok"]
     assert ok["url"].tolist() == [*a[:2], host.url("/photo/9.jpg")]
-    on_disk = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / paths.IMAGES).rglob("*") if p.is_file()}
-    assert on_disk == set(ok["path"])
-    assert sorted(p.name for p in (tmp_path / paths.IMAGES).iterdir()) == ["a", "c"]
+    assert on_disk(tmp_path) == sorted({*ok["shard"], paths.IMAGE_INDEX})
+    held = sorted(name for shard in set(ok["shard"]) for name, *_ in shards.members(tmp_path / shard))
+    assert held == sorted(ok["member"])  # rewritten shards hold exactly the kept images...
+    for row in ok.itertuples():  # ...at the offsets the manifest gives
+        assert decoded(tmp_path, row).shape[:2] == (row.height, row.width)
+    hits = sum(host.hits.values())
+    again, _ = fetch(tmp_path, {"a": a, "c": [host.url("/photo/9.jpg")]}, cfg)  # nothing kept is fetched again
+    kept = [host.url(f"/photo/{i}.jpg") for i in (0, 1, 9)]
+    assert sum(host.hits.values()) - hits == len(set(again.loc[again["status"] != "ok", "url"]) - set(kept))
+    assert again[["url", "shard", "member", "offset"]].equals(manifest[["url", "shard", "member", "offset"]])
 
 
 def test_one_host_gets_at_most_per_host_connections_and_queued_urls_do_not_time_out(tmp_path, host):
@@ -251,8 +278,8 @@ def test_an_error_while_storing_reaches_the_chunk_and_the_validation_threads_liv
             raise OSError("No space left on device")
 
         with pytest.raises(OSError, match="No space left"):
-            client.rows("a", [host.url("/good.jpg"), host.url("/good2.jpg")], on_url=full_disk)
-        assert [r.status for r in client.rows("a", [host.url("/good.jpg")])] == ["ok"]
+            client.rows([("a", host.url("/good.jpg")), ("a", host.url("/good2.jpg"))], on_url=full_disk)
+        assert [r.status for r in client.rows([("a", host.url("/good.jpg"))])] == ["ok"]
     finally:
         client.close()
 

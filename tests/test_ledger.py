@@ -9,12 +9,19 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks import download
+from tasks import download, runners
 from tasks.downloader import Row
 from tasks.ledger import Ledger
 
 URLS = [f"http://127.0.0.1/{i}.jpg" for i in range(12)]
 DIGESTS = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+NOWHERE = {"shard": "", "member": "", "offset": 0, "size": 0}  # where an image the manifest does not keep is
+
+
+def stored(cls: str, sha: str, shard: int = 0, **fields) -> Row:
+    """An `ok` row whose image is in shard `shard` (its offset drawn from its digest, as if stored once there)."""
+    return Row(cls=cls, status="ok", shard=f"data/images/{shard}.tar", member=f"{cls}/{sha}.jpg",
+               offset=512 + 1024 * DIGESTS.index(sha), size=100, sha256=sha, **fields)
 
 
 def reference_resolve(lists: dict[str, list[str]], known: dict, windows: dict[str, int], cap: int | None) -> list[Row]:
@@ -32,11 +39,11 @@ def reference_resolve(lists: dict[str, list[str]], known: dict, windows: dict[st
             row = known[(cls, url)]
             if row.status == "ok":
                 if not owner[row.sha256]:
-                    row = replace(row, status="failed", reason="label_conflict", path="")
+                    row = replace(row, status="failed", reason="label_conflict", **NOWHERE)
                 elif row.sha256 in seen:
-                    row = replace(row, status="skipped", reason="duplicate", path="")
+                    row = replace(row, status="skipped", reason="duplicate", **NOWHERE)
                 elif cap is not None and len(seen) >= cap:
-                    row = replace(row, status="skipped", reason="enough_images", path="")
+                    row = replace(row, status="skipped", reason="enough_images", **NOWHERE)
                 else:
                     seen.add(row.sha256)
             out.append(row)
@@ -62,8 +69,8 @@ def reference_plan(lists: dict[str, list[str]], known: dict, cap: int | None) ->
 def fetched_row(cls: str, url: str, draw) -> Row:
     if draw(st.integers(0, 3)):  # mostly good images, so repeats, conflicts and caps meet
         sha = draw(st.sampled_from(DIGESTS))
-        return Row(url=url, cls=cls, status="ok", path=f"data/images/{cls}/{sha}.jpg", sha256=sha, width=40,
-                   height=30, bytes=1000, attempts=1, elapsed_s=0.01)
+        return stored(cls, sha, draw(st.integers(0, 1)), url=url, width=40, height=30, bytes=1000, attempts=1,
+                      elapsed_s=0.01)
     return Row(url=url, cls=cls, status="failed", reason=draw(st.sampled_from(["http_404", "placeholder"])),
                sha256=draw(st.sampled_from(["", DIGESTS[0]])), attempts=2, elapsed_s=0.02)
 
@@ -94,11 +101,15 @@ def test_the_manifest_follows_the_merge_rules(tmp_path_factory, case, data):
     windows = {cls: data.draw(st.just(len(urls)) | st.integers(0, len(urls))) for cls, urls in lists.items()}
     with ledger_with(tmp_path_factory.mktemp("ledger") / "ledger.sqlite", listed, known) as ledger:
         assert ledger.sizes() == {cls: len(urls) for cls, urls in lists.items()}  # repeats listed once, first place
-        ledger.set_windows(windows)
+        ledger.set_windows(windows, 0)
         ledger.save_manifest(cap)
         assert list(ledger.manifest()) == reference_resolve(lists, known, windows, cap)
-        kept = {r.path for r in ledger.manifest() if r.status == "ok"}
-        assert all(ledger.lists(p) == (p in kept) for p in {r.path for r in known.values()})
+        kept = {(r.shard, r.member, r.offset, r.size) for r in ledger.manifest() if r.status == "ok"}
+        assert ledger.kept_shards() == {shard for shard, *_ in kept}
+        assert {(s, *m) for s in ledger.kept_shards() for m in ledger.kept_members(s)} == kept
+        held = {(r.shard, r.offset) for r in known.values() if r.status == "ok"}  # what the shards hold
+        assert set(ledger.shards_to_prune()) == {s for s, o in held if not any(k[:1] == (s,) and k[2] == o
+                                                                                for k in kept)}
 
 
 @settings(max_examples=150, deadline=None)
@@ -108,17 +119,32 @@ def test_windows_grow_until_a_url_is_pending_or_no_class_can_grow(tmp_path_facto
     with ledger_with(tmp_path_factory.mktemp("ledger") / "ledger.sqlite", listed, known) as ledger:
         windows = download.plan(ledger, cap)
         assert (windows, list(ledger.pending())) == reference_plan(lists, known, cap)
-        chunks = list(download.chunks_of(ledger.pending(), 3))
-        assert [(c.cls, u) for c in chunks for u in c.urls] == list(ledger.pending())
-        assert all(0 < len(c.urls) <= 3 for c in chunks)
+        chunks = list(download.chunks_of(ledger.pending_chunks(3)))
+        assert sorted(e for c in chunks for e in c.entries) == sorted(ledger.pending())
+        assert all(0 < len(c.entries) <= 3 for c in chunks)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=cases(all_fetched=False), data=st.data())
+def test_chunks_depend_on_the_plan_only_so_a_resumed_run_cuts_the_same_ones(tmp_path_factory, case, data):
+    """Whole chunks recorded by a killed run, one or more left: the rest are cut as an uninterrupted run cut them."""
+    listed, lists, known, cap = case
+    with ledger_with(tmp_path_factory.mktemp("ledger") / "ledger.sqlite", listed, known) as ledger:
+        download.plan(ledger, cap)
+        chunks = list(download.chunks_of(ledger.pending_chunks(3)))
+        if not chunks:
+            return
+        done = data.draw(st.sets(st.integers(0, len(chunks) - 1), max_size=len(chunks) - 1))
+        ledger.add_rows((fetched_row(cls, url, data.draw) for i in done for cls, url in chunks[i].entries), "killed.csv")
+        download.plan(ledger, cap)
+        assert list(download.chunks_of(ledger.pending_chunks(3))) == [c for i, c in enumerate(chunks) if i not in done]
 
 
 def test_a_repeat_of_a_kept_image_past_the_cap_is_a_duplicate(tmp_path):
     lists = {"cat": URLS[:3]}
-    known = {("cat", url): Row(url=url, cls="cat", status="ok", path=f"data/images/cat/{sha}.jpg", sha256=sha)
-             for url, sha in zip(URLS, DIGESTS[:2] + DIGESTS[:1])}
+    known = {("cat", url): stored("cat", sha, url=url) for url, sha in zip(URLS, DIGESTS[:2] + DIGESTS[:1])}
     with ledger_with(tmp_path / "ledger.sqlite", lists, known) as ledger:
-        ledger.set_windows({"cat": 3})
+        ledger.set_windows({"cat": 3}, 0)
         ledger.save_manifest(1)
         assert [(r.status, r.reason) for r in ledger.manifest()] == [
             ("ok", ""), ("skipped", "enough_images"), ("skipped", "duplicate")]
@@ -127,7 +153,7 @@ def test_a_repeat_of_a_kept_image_past_the_cap_is_a_duplicate(tmp_path):
 def test_an_ok_row_wins_over_others_and_a_record_file_is_read_once(tmp_path):
     url = URLS[0]
     failed = Row(url=url, cls="cat", status="failed", reason="timeout", attempts=3)
-    ok = Row(url=url, cls="cat", status="ok", path="data/images/cat/x.jpg", sha256=DIGESTS[0], width=9, height=9)
+    ok = stored("cat", DIGESTS[0], url=url, width=9, height=9)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         ledger.add_list("cat", iter([url]))
         assert ledger.add_rows(iter([failed]), "one.csv")
@@ -151,6 +177,6 @@ def test_chunks_are_drawn_only_as_earlier_ones_finish_and_summaries_come_in_orde
         future.set_result(n * 10)
         return future
 
-    summaries = download.bounded(submit, chunks(), limit=3)
+    summaries = runners.bounded(submit, chunks(), limit=3)
     assert next(summaries) == 0 and drawn == [0, 1, 2]
     assert list(summaries) == [10 * n for n in range(1, 10)]

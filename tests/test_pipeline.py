@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tasks import pipeline
+from tasks import pipeline, shards
 from tasks.config import Augment
 
 STATS = {
@@ -148,12 +148,15 @@ def test_views_are_deterministic_for_a_seed():
 
 @pytest.fixture
 def images(tmp_path) -> pd.DataFrame:
+    """Ten random JPEGs in three shards, indexed as the augment step indexes them."""
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(10):
-        path = tmp_path / f"{i}.jpg"
-        cv2.imwrite(str(path), rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
-        rows.append({"path": str(path), "label": i % 2})
+    for part, members in enumerate([range(0, 4), range(4, 7), range(7, 10)]):
+        shard = str(tmp_path / f"train-{part}.tar")
+        with shards.writing(shard) as out:
+            for i in members:
+                data = cv2.imencode(".jpg", rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))[1].tobytes()
+                rows.append({"shard": shard, "offset": out.add(f"c/{i}.jpg", data), "size": len(data), "label": i % 2})
     return pd.DataFrame(rows)
 
 

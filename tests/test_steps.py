@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run, tiny_params
-from tasks import augment, download, downloader, evaluate, fetch_urls, images, mirror, paths, sources, split, train
+from tasks import (augment, canonical, download, downloader, evaluate, fetch_urls, images, mirror, paths, shards,
+                   sources, split, train)
 from tasks.config import validate
 from tasks.step import StepError
 
@@ -64,18 +66,25 @@ def test_fetch_urls_fails_clearly_when_the_source_is_down(tmp_path, port):
     assert not (tmp_path / paths.URLS).exists()
 
 
-def test_download_keeps_valid_images_under_digest_names(work, cfg):
+def test_download_keeps_valid_images_in_shards_with_an_index(work, cfg):
     rows = manifest(work)
     assert list(rows.columns) == downloader.COLUMNS
     ok = rows[rows["status"] == "ok"]
     assert ok.groupby("class").size().to_dict() == {"bikes": 24, "ships": 24}
-    for row in ok.itertuples():
-        path = work / row.path
-        assert path.parent.name == row._2 and path.stem == row.sha256
-        image = cv2.imread(str(path))
-        assert image is not None and image.shape[:2] == (row.height, row.width)
+    index = pd.read_csv(work / paths.IMAGE_INDEX, keep_default_na=False)
+    assert list(index.columns) == ["sha256", "class", "shard", "member", "offset", "size", "width", "height", "url"]
+    assert sorted(index["sha256"]) == sorted(ok["sha256"])
+    with shards.Reader() as reader:
+        for row in index.itertuples():
+            assert row.member.rsplit(".", 1)[0] == f"{row._2}/{row.sha256}"
+            image = cv2.imdecode(np.frombuffer(reader.read(work / row.shard, row.offset, row.size), np.uint8),
+                                 cv2.IMREAD_COLOR)
+            assert image is not None and image.shape[:2] == (row.height, row.width)
+    for shard in set(index["shard"]):  # a plain tar that holds exactly the indexed images
+        with tarfile.open(work / shard) as tar:
+            assert sorted(tar.getnames()) == sorted(index.loc[index["shard"] == shard, "member"])
     stored = sorted(p.relative_to(work).as_posix() for p in (work / paths.IMAGES).rglob("*") if p.is_file())
-    assert stored == sorted(ok["path"])  # nothing else, no temp files
+    assert stored == sorted({*index["shard"], paths.IMAGE_INDEX})  # nothing else, no temp files
 
 
 def test_download_gives_every_bad_url_a_reason(work):
@@ -88,7 +97,7 @@ def test_download_gives_every_bad_url_a_reason(work):
     assert len(seen) >= 3 and seen == {kind: reasons[kind] for kind in seen}
     assert set(rows.loc[rows["status"] == "skipped", "reason"]) <= {"duplicate", "enough_images"}
     failed = rows[rows["status"] == "failed"]
-    assert (failed["path"] == "").all() and (failed["reason"] != "").all()
+    assert (failed["shard"] == "").all() and (failed["reason"] != "").all()
 
 
 def test_download_validates_by_decoding_not_by_content_type(cfg):
@@ -126,7 +135,8 @@ def test_download_rerun_reuses_stored_images(work, cfg, tmp_path, source, port):
     offline = cfg.model_copy(update={"download": cfg.download.model_copy(update={"retries": 0, "timeout_s": 1})})
     download.run(offline, copy)
     before, after = manifest(work), manifest(copy)
-    assert after[after.status == "ok"]["path"].tolist() == before[before.status == "ok"]["path"].tolist()
+    where = ["shard", "member", "offset", "size"]
+    assert after[after.status == "ok"][where].values.tolist() == before[before.status == "ok"][where].values.tolist()
 
 
 def test_split_is_deterministic_stratified_and_disjoint(work, cfg):
@@ -134,15 +144,26 @@ def test_split_is_deterministic_stratified_and_disjoint(work, cfg):
     assert set(table["subset"]) == {"train", "validation"}
     assert table.groupby("class")["subset"].nunique().eq(2).all()
     assert not set(table.loc[table.subset == "train", "sha256"]) & set(table.loc[table.subset == "validation", "sha256"])
-    assigned = split.assign(table.drop(columns="subset"), cfg.split.validation_fraction, cfg.base.seed)
-    assert assigned["subset"].tolist() == table["subset"].tolist()
+    fraction, seed = cfg.split.validation_fraction, cfg.base.seed
+    assert [split.subset(d, fraction, seed) for d in table["sha256"]] == table["subset"].tolist()
+    index = pd.read_csv(work / paths.IMAGE_INDEX)
+    assert table[["sha256", "shard", "offset", "size"]].values.tolist() == \
+        index[["sha256", "shard", "offset", "size"]].values.tolist()
 
 
-def test_augment_writes_canonical_images_stats_and_preview(work, cfg):
+def test_augment_writes_canonical_images_as_shards_stats_and_preview(work, cfg):
     index = pd.read_csv(work / paths.AUGMENT_INDEX)
-    assert len(index) == len(pd.read_csv(work / paths.SPLIT))
-    for path in index["path"][:5]:
-        assert cv2.imread(str(work / path)).shape == (cfg.augment.image_size, cfg.augment.image_size, 3)
+    table = pd.read_csv(work / paths.SPLIT)
+    assert sorted(index["sha256"]) == sorted(table["sha256"])
+    assert dict(zip(index["sha256"], index["subset"])) == dict(zip(table["sha256"], table["subset"]))
+    assert sorted(set(index["shard"])) == [f"{paths.AUGMENTED}/train-00000-of-00001.tar",
+                                           f"{paths.AUGMENTED}/validation-00000-of-00001.tar"]
+    with shards.Reader() as reader:
+        for row in index.itertuples():
+            data = np.frombuffer(reader.read(work / row.shard, row.offset, row.size), np.uint8)
+            assert cv2.imdecode(data, cv2.IMREAD_COLOR).shape == (cfg.augment.image_size, cfg.augment.image_size, 3)
+    for shard, rows in index.groupby("shard"):  # each shard in digest order, so classes are mixed
+        assert rows["sha256"].tolist() == sorted(rows["sha256"]) and rows["offset"].is_monotonic_increasing
     stats = json.loads((work / paths.STATS).read_text())
     assert stats["classes"] == ["bikes", "ships"]
     vec = np.array(stats["pca_eigvec"])
@@ -154,7 +175,7 @@ def test_augment_writes_canonical_images_stats_and_preview(work, cfg):
 def test_canonical_resizes_shorter_side_and_centre_crops():
     image = np.zeros((100, 200, 3), np.uint8)
     image[:, 90:110] = 255  # a bar in the centre survives the crop
-    square = augment.canonical(image, 50)
+    square = canonical.canonical(image, 50)
     assert square.shape == (50, 50, 3) and square[:, 20:30].mean() > 200 and square[:, :5].mean() == 0
 
 
@@ -203,8 +224,27 @@ def test_scores_per_class():
     assert result["top1_error"] == 0.25 and result["top5_error"] == "n/a: 5 or fewer classes"
 
 
+def test_cli_images_lists_and_extracts_stored_images(work):
+    index = pd.read_csv(work / paths.IMAGE_INDEX)
+    ships = index[index["class"] == "ships"]
+    listed = run(["alexnet", "images", "--class", "ships", "--limit", "3"], work).stdout.splitlines()
+    assert len(listed) == 4 and listed[-1].startswith(f"{len(ships)} images match")
+    run(["alexnet", "images", "--class", "ships", "--out", "picked"], work)
+    written = sorted(p.relative_to(work / "picked").as_posix() for p in (work / "picked").rglob("*") if p.is_file())
+    assert written == sorted(ships["member"])
+    one = index.iloc[-1]
+    run(["alexnet", "images", "--digest", one["sha256"][:12], "--out", "one"], work)
+    assert cv2.imread(str(work / "one" / one["member"])).shape[:2] == (one["height"], one["width"])
+    validation = (pd.read_csv(work / paths.SPLIT)["subset"] == "validation").sum()
+    extracted = run(["alexnet", "images", "--canonical", "--subset", "validation", "--out", "val"], work).stdout
+    assert extracted.startswith(f"{validation} images written")
+    nothing = run(["alexnet", "images", "--class", "unknown"], work, check=False)
+    assert nothing.returncode == 1 and nothing.stdout.strip() == "0 images match"
+
+
 def test_cli_predict_prints_a_table_per_image_and_an_error_per_bad_file(work):
-    image = next((work / paths.IMAGES / "ships").iterdir())
+    run(["alexnet", "images", "--class", "ships", "--limit", "1", "--out", "predict"], work)
+    image = next((work / "predict" / "ships").iterdir())
     (work / "notes.txt").write_text("not an image")
     done = run(["alexnet", "predict", str(image), "missing.jpg", "notes.txt", "--top", "2"], work)
     lines = done.stdout.splitlines()

@@ -92,13 +92,15 @@ def test_ten_crop_probabilities_are_the_mean_of_the_ten_views(six):
     from tasks import pipeline
 
     cfg = validate(params())
-    val = pd.read_csv(six / paths.AUGMENT_INDEX).query("subset == 'validation'").head(3)
-    val["path"] = [str(six / p) for p in val["path"]]
+    index, _ = pipeline.read_prepared(six)
+    val = index.query("subset == 'validation'").head(3)
     net = keras.models.load_model(six / paths.MODEL, compile=False)
     probabilities = evaluate.predict_views(net, pipeline.eval_views(val, cfg.augment, 2, ten=True))
     assert probabilities.shape == (3, 10, 6)
-    for i, path in enumerate(val["path"]):
-        crops = pipeline.ten_crops(pipeline.load(path), 67).numpy()
+    for i, (shard, offset, size) in enumerate(val[["shard", "offset", "size"]].itertuples(index=False)):
+        with open(shard, "rb") as data:
+            data.seek(offset)
+            crops = pipeline.ten_crops(pipeline.decode(data.read(size)), 67).numpy()
         np.testing.assert_allclose(probabilities[i], net.predict(crops, verbose=0), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(probabilities[i].mean(0).sum(), 1.0, rtol=1e-5)
 
