@@ -43,6 +43,17 @@ def test_dvc_stages_are_the_six_steps_in_order():
     assert tuple(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]) == STEP_NAMES
 
 
+def test_a_failed_dvc_command_in_a_flow_run_reports_dvcs_own_message(tmp_path):
+    from tasks import versioning
+    from tasks.config import load_config
+    from tasks.step import StepError
+
+    project = make_project(tmp_path, tiny_params(free_port()))
+    # Nothing has run: the outputs DVC is to record are not there.
+    with pytest.raises(StepError, match=r"dvc commit failed: ERROR: failed to commit fetch_urls - .* does not exist"):
+        versioning.commit(load_config(project / "params.yaml"), project)
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """A committed project after its first `dvc repro`, and that command's output."""
@@ -70,6 +81,30 @@ def test_dvc_repro_runs_six_stages_then_nothing(reproduced):
     assert run([*DVC, "status"], project).stdout.strip() == "Data and pipelines are up to date."
     # Outputs are git-ignored, so git sees only dvc.lock.
     assert run(["git", "status", "--porcelain"], project).stdout.split() == ["??", "dvc.lock"]
+    # DVC tracks shards and indexes, not an image per file.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    tracked = sum(out.get("nfiles", 1) for stage in lock["stages"].values() for out in stage.get("outs", [])
+                  if out["path"].startswith("data/"))
+    images = len((project / "data" / "images" / "index.csv").read_text().splitlines()) - 1
+    # Two URL lists, a download shard and its index, the manifest, the split, a shard per subset, index, stats.
+    assert tracked == 10 and images == 48, (tracked, images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params_file", ["params-paper.yaml", "params-tutorial.yaml"])
+def test_every_shipped_params_file_gives_dvc_every_section_its_stages_declare(reproduced, params_file):
+    """`cp params-paper.yaml params.yaml && dvc repro`, as the README says: no stage may find its params missing."""
+    project, _ = reproduced
+    shipped = project / "params.yaml"
+    before = shipped.read_text()
+    try:
+        shutil.copy(REPO / params_file, shipped)
+        status = json.loads(run([*DVC, "status", "--json"], project).stdout)
+    finally:
+        shipped.write_text(before)
+    params = {key: state for entries in status.values() for entry in entries if isinstance(entry, dict)
+              for key, state in entry.get("changed deps", {}).get("params.yaml", {}).items()}
+    assert params and "deleted" not in params.values(), params
 
 
 @pytest.mark.slow
