@@ -44,15 +44,15 @@ def url_of(cls: str, i: int) -> str:
     return f"http://127.0.0.1:8000/{cls}/{i}.jpg"
 
 
-def row(cls: str, url: str) -> Row:
-    """A made-up fetched row for one of url_of()'s URLs."""
+def row(cls: str, url: str, shard: str, at: int) -> Row:
+    """A made-up fetched row for one of url_of()'s URLs, stored `at` in `shard`."""
     i = int(url.rsplit("/", 1)[1].removesuffix(".jpg"))
     if i % 4 == 3:
         return Row(url=url, cls=cls, status="failed", reason="http_404", attempts=1, elapsed_s=0.2)
     image = f"shared-{i}" if i % 1000 == 0 else f"{cls}-{i - 1 if i % 10 == 1 else i}"  # conflicts, repeats
     sha = hashlib.sha256(image.encode()).hexdigest()
-    return Row(url=url, cls=cls, status="ok", path=f"data/images/{cls}/{sha}.jpg", sha256=sha, width=500,
-               height=375, bytes=60_000, attempts=1, elapsed_s=0.2)
+    return Row(url=url, cls=cls, status="ok", shard=shard, member=f"{cls}/{sha}.jpg", offset=512 + 61_440 * at,
+               size=60_000, sha256=sha, width=500, height=375, bytes=60_000, attempts=1, elapsed_s=0.2)
 
 
 def measure(urls: int) -> dict:
@@ -75,11 +75,12 @@ def measure(urls: int) -> dict:
                     break
                 rounds += 1
                 download.fingerprint(ledger.pending())
-                for chunk in download.chunks_of(ledger.pending(), 256):  # each "fetched" into its chunk record
-                    records.write(chunk, [row(chunk.cls, url) for url in chunk.urls])
+                for chunk in download.chunks_of(ledger.pending_chunks(4096)):  # each "fetched" into its record
+                    records.write(chunk, [row(cls, url, chunk.shard, at) for at, (cls, url) in enumerate(chunk.entries)])
             ledger.save_manifest(cap)
+            looked_up = sum(len(ledger.kept_members(shard)) for shard in ledger.shards_to_prune())
+            download.write_index(Path(folder) / "index.csv", ledger.index())
             write_rows(Path(folder) / "manifest.csv", ledger.manifest())
-            looked_up = sum(ledger.lists(r.path) for r in ledger.fetched("ok"))
             outcomes = ledger.outcomes()
     return {"urls": urls, "seconds": time.monotonic() - start, "before_mb": before, "peak_mb": maxrss_mb(),
             "rounds": rounds, "looked_up": looked_up, "rows": sum(n for *_, n in outcomes)}

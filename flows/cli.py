@@ -43,7 +43,8 @@ def cmd_stage(args) -> int:
 
     cfg = load_config(args.params, args.overrides)
     module = load_step(args.name)
-    execute(module.STEP, module.run, cfg, Path.cwd())
+    summary = execute(module.STEP, module.run, cfg, Path.cwd())
+    print(f"alexnet stage {args.name}: done in {summary['seconds']} s")
     return 0
 
 

@@ -164,7 +164,7 @@ class Download(Runner):
         default_factory=list)
     # URLs per chunk: the unit of work a task runs and a killed run resumes from; the
     # images a chunk keeps make one shard. Where chunks run: `task_runner` (see Runner).
-    chunk_size: int = Field(default=2048, ge=1)
+    chunk_size: int = Field(default=4096, ge=1)
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -38,7 +38,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import downloader, files, paths, runners, shards, sources
+from tasks import downloader, files, paths, report, runners, shards, sources
 from tasks.config import Config
 from tasks.downloader import Chunk, Records, download_chunk, write_rows
 from tasks.ledger import INDEX_COLUMNS, Ledger
@@ -198,15 +198,17 @@ def run(cfg: Config, workdir: Path) -> Summary:
         counts = ledger.outcomes()
 
     table = outcome_table((cls, outcome, n) for cls, _, outcome, n in counts)
-    print(f"download: URLs per class and outcome\n{table.to_string()}")
+    print("download: URLs per class and outcome\n" + report.class_table(table.to_dict(orient="index"), sort_by="ok"))
     per_status = Counter()
     for cls, status, _, n in counts:
         per_status[(cls, status)] += n
     ok = {cls: per_status[(cls, "ok")] for cls in cfg.data.classes if per_status[(cls, "ok")]}
     short = {cls: ok.get(cls, 0) for cls in cfg.data.classes if ok.get(cls, 0) < cfg.download.min_images_per_class}
     if short:
+        which = str(short) if len(short) <= report.SHOWN else \
+            f"{len(short)} classes, e.g. {dict(list(short.items())[:report.SHOWN])}"
         raise StepError(
-            f"too few good images: {short} (download.min_images_per_class="
+            f"too few good images: {which} (download.min_images_per_class="
             f"{cfg.download.min_images_per_class}); reasons per URL are in {paths.MANIFEST}"
         )
     return {

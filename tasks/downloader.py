@@ -81,7 +81,7 @@ class Chunk:
 
     entries: tuple[tuple[str, str], ...]
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         return hashlib.sha256(json.dumps(self.entries).encode()).hexdigest()[:24]
 

@@ -2,12 +2,16 @@
 
 Two views of each image: the centre crop, and the paper's ten crops (four corners
 and the centre, each also flipped, softmax averaged). For each: accuracy, top-1
-and top-5 error (top-5 only with more than five classes), per-class precision,
-recall and F1. The headline view (ten crops when `evaluate.ten_crop`) also gives
-the confusion matrix (CSV for `dvc plots`, and a PNG), the misclassified images,
-most confident first, and a grid of validation images labelled with their
-predicted class: blue when right, red when wrong. The model card gains the
-evaluation in models/alexnet.card.json.
+and top-5 error (top-5 only with more than five classes). For the headline view
+(ten crops when `evaluate.ten_crop`): per-class precision, recall and F1 in their
+own table, the confusion matrix (CSV for `dvc plots`, and a heatmap), the most
+confused pairs of classes, the misclassified images, most confident first, and a
+grid of validation images labelled with their predicted class: blue when right, red
+when wrong. The model card gains the evaluation in models/alexnet.card.json.
+
+Everything reads well at ImageNet's 1,000 classes: the headline figures stay short,
+per-class figures go to a table, and memory grows with the predictions (images x
+classes), not with pixels or plots.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ STEP = Step(
     deps=(paths.AUGMENTED, paths.MODEL, paths.MODEL_CARD),
     outs=(paths.EVAL_CARD,),
     metrics=(paths.EVAL,),
-    plots=(paths.CONFUSION, paths.CONFUSION_PLOT, paths.PREDICTIONS_PLOT),
+    plots=(paths.CLASS_SCORES, paths.CONFUSION, paths.CONFUSION_PLOT, paths.PREDICTIONS_PLOT),
 )
 TOP_K = 5
+CONFUSED_PAIRS = 10  # most confused pairs of classes in eval.json and on the heatmap
+TEXT_CELLS = 20  # up to this many classes, the heatmap writes each cell's count
 
 
 def top_k_error(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
@@ -41,36 +47,50 @@ def top_k_error(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
 
 
 def scores(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, top-1/top-5 error, per-class precision, recall and F1, confusion matrix."""
+    """Accuracy, top-1/top-5 error, per-class precision, recall and F1 (a table), confusion matrix."""
     predicted = probabilities.argmax(1)
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    per_class = {}
-    for i, name in enumerate(classes):
-        tp, predicted_i, actual_i = confusion[i, i], confusion[:, i].sum(), confusion[i].sum()
-        precision = tp / predicted_i if predicted_i else 0.0
-        recall = tp / actual_i if actual_i else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(float(precision), 4), "recall": round(float(recall), 4),
-                           "f1": round(float(f1), 4), "support": int(actual_i)}
+    tp, predicted_n, actual_n = np.diag(confusion), confusion.sum(0), confusion.sum(1)
+    precision = np.divide(tp, predicted_n, out=np.zeros(len(classes)), where=predicted_n > 0)
+    recall = np.divide(tp, actual_n, out=np.zeros(len(classes)), where=actual_n > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(classes)),
+                   where=precision + recall > 0)
+    per_class = pd.DataFrame({"class": classes, "precision": precision.round(4), "recall": recall.round(4),
+                              "f1": f1.round(4), "support": actual_n})
     top5 = top_k_error(labels, probabilities, TOP_K) if len(classes) > TOP_K else None
     return {
         "accuracy": round(float((labels == predicted).mean()), 4),
         "top1_error": round(top_k_error(labels, probabilities, 1), 4),
         "top5_error": round(top5, 4) if top5 is not None else "n/a: 5 or fewer classes",
+        "mean_f1": round(float(f1.mean()), 4),
         "images": int(len(labels)),
         "per_class": per_class,
-        "confusion": confusion.tolist(),
+        "confusion": confusion,
     }
 
 
-def predict_views(net: keras.Model, views) -> np.ndarray:
-    """Softmax per view for batches of [B, V, s, s, 3]: returns [N, V, classes]."""
-    out = []
+def predict_views(net: keras.Model, views) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of the first view and the mean over the views, for batches of [B, V, s, s, 3]: two [N, classes].
+
+    Only these two are kept, so memory grows with images x classes, not with views.
+    """
+    first, mean = [], []
     for batch in views:
         b, v = batch.shape[:2]
-        out.append(net.predict_on_batch(np.reshape(batch.numpy(), (b * v, *batch.shape[2:]))).reshape(b, v, -1))
-    return np.concatenate(out)
+        out = net.predict_on_batch(np.reshape(batch.numpy(), (b * v, *batch.shape[2:]))).reshape(b, v, -1)
+        first.append(out[:, 0])
+        mean.append(out.mean(1))
+    return np.concatenate(first), np.concatenate(mean)
+
+
+def most_confused(confusion: np.ndarray, classes: list[str], names: dict[str, str], k: int) -> list[dict]:
+    """The k largest off-diagonal cells: (actual, predicted, images), most first."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    cells = np.argsort(-off, axis=None, kind="stable")[:k]
+    return [{"actual": names[classes[i]], "predicted": names[classes[j]], "images": int(off[i, j])}
+            for i, j in zip(*np.unravel_index(cells, off.shape)) if off[i, j]]
 
 
 def misclassified(val: pd.DataFrame, labels, probabilities, classes, limit: int, workdir: Path) -> list[dict]:
@@ -83,6 +103,10 @@ def misclassified(val: pd.DataFrame, labels, probabilities, classes, limit: int,
             for i in wrong]
 
 
+def short_name(name: str, limit: int = 24) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def _figure():
     import matplotlib
 
@@ -92,17 +116,34 @@ def _figure():
     return plt
 
 
-def plot_confusion(confusion: np.ndarray, classes: list[str], target: Path) -> None:
+def plot_confusion(confusion: np.ndarray, classes: list[str], names: dict[str, str], confused: list[dict],
+                   target: Path) -> None:
+    """The confusion matrix as a heatmap of each actual class's share, at a size that does not grow with the
+    classes: with a few classes every cell has its count and every class its label; with many, neither (a
+    thousand classes make a million cells), and the most confused pairs are listed beside it."""
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
-    ax.imshow(confusion, cmap="Blues")
-    for (i, j), n in np.ndenumerate(confusion):
-        ax.text(j, i, str(n), ha="center", va="center", color="black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45)
-    ax.set_yticks(range(len(classes)), classes)
+    n, few = len(classes), len(classes) <= TEXT_CELLS
+    shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(min(1.2 * n + 2, 12), min(1.2 * n + 1.5, 11)) if few else (15, 10))
+    shown = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest" if few else "antialiased")
+    if few:
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.6 else "black")
+        labels = [short_name(names[c]) for c in classes]
+        ax.set_xticks(range(n), labels, rotation=45, ha="right")
+        ax.set_yticks(range(n), labels)
+    else:
+        ax.set_title(f"{n} classes, in label order; each row is an actual class's share", fontsize=10)
+        fig.colorbar(shown, ax=ax, fraction=0.04, label="share of the actual class")
+        pairs = "\n".join(f"{p['images']:>5}  {short_name(p['actual'])} -> {short_name(p['predicted'])}"
+                          for p in confused)
+        fig.text(0.66, 0.5, f"most confused (images, actual -> predicted)\n\n{pairs}", family="monospace",
+                 fontsize=9, va="center")
+        fig.subplots_adjust(right=0.62)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    fig.tight_layout()
+    if few:
+        fig.tight_layout()
     with files.atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
@@ -126,7 +167,7 @@ def plot_predictions(images: np.ndarray, labels, predicted, probabilities, class
 
 
 def run(cfg: Config, workdir: Path) -> Summary:
-    """Write metrics/eval.json, the confusion and prediction plots and the model card with its evaluation."""
+    """Write metrics/eval.json and its per-class table, the confusion and prediction plots and the evaluated card."""
     index, stats = pipeline.read_prepared(workdir)
     classes = stats["classes"]
     val = index[index["subset"] == "validation"].reset_index(drop=True)
@@ -135,44 +176,53 @@ def run(cfg: Config, workdir: Path) -> Summary:
     for required in (paths.MODEL, paths.MODEL_CARD):
         if not (workdir / required).is_file():
             raise StepError(f"missing {workdir / required}: run the train step first")
+    card = json.loads((workdir / paths.MODEL_CARD).read_text())
+    names = dict(zip(classes, card.get("class_names", classes)))
     net = keras.models.load_model(workdir / paths.MODEL, compile=False)
     ev = cfg.evaluate
-    probabilities = predict_views(net, pipeline.eval_views(val, cfg.augment, ev.batch_size, ten=ev.ten_crop))
+    centre, mean = predict_views(net, pipeline.eval_views(val, cfg.augment, ev.batch_size, ten=ev.ten_crop))
     labels = val["label"].to_numpy()
-    views = {"centre_crop": scores(labels, probabilities[:, 0], classes)}
+    views = {"centre_crop": scores(labels, centre, classes)}
     if ev.ten_crop:
-        views["ten_crop"] = scores(labels, probabilities.mean(1), classes)
+        views["ten_crop"] = scores(labels, mean, classes)
     headline = "ten_crop" if ev.ten_crop else "centre_crop"
-    best = probabilities.mean(1)
+    best, main = (mean if ev.ten_crop else centre), views[headline]
     predicted = best.argmax(1)
+    confused = most_confused(main["confusion"], classes, names, CONFUSED_PAIRS)
+    per_class = main["per_class"].assign(name=[names[c] for c in classes]).sort_values(["recall", "class"])
     result = {
         "view": headline,
-        **{k: views[headline][k] for k in ("accuracy", "top1_error", "top5_error", "images")},
-        **{name: {k: v for k, v in s.items() if k != "confusion"} for name, s in views.items()},
+        **{k: main[k] for k in ("accuracy", "top1_error", "top5_error", "mean_f1", "images")},
+        "classes": len(classes),
+        **{name: {k: v for k, v in s.items() if k not in ("per_class", "confusion")} for name, s in views.items()},
         "misclassified_count": int((predicted != labels).sum()),
+        "most_confused": confused,
         "misclassified": misclassified(val, labels, best, classes, ev.misclassified, workdir),
     }
-    files.write_json(workdir / paths.EVAL, result)
+    files.write_json(workdir / paths.EVAL, result, sort_keys=False)
+    files.write_csv(workdir / paths.CLASS_SCORES, per_class)
     files.write_csv(workdir / paths.CONFUSION, pd.DataFrame(
         {"actual": [classes[i] for i in labels], "predicted": [classes[i] for i in predicted]}))
-    plot_confusion(np.array(views[headline]["confusion"]), classes, workdir / paths.CONFUSION_PLOT)
+    plot_confusion(main["confusion"], classes, names, confused, workdir / paths.CONFUSION_PLOT)
     shown = np.linspace(0, len(val) - 1, min(ev.grid_images, len(val))).astype(int)  # across classes
     with shards.Reader() as reader:
         images = np.stack([pipeline.centre_crop(pipeline.decode(reader.read(*val[["shard", "offset", "size"]].iloc[i])),
                                                 cfg.augment.crop_size).numpy() for i in shown])
-    plot_predictions(images, labels[shown], predicted[shown], best[shown, predicted[shown]], classes,
-                     workdir / paths.PREDICTIONS_PLOT)
-    card = json.loads((workdir / paths.MODEL_CARD).read_text())
+    plot_predictions(images, labels[shown], predicted[shown], best[shown, predicted[shown]],
+                     [short_name(names[c]) for c in classes], workdir / paths.PREDICTIONS_PLOT)
     files.write_json(workdir / paths.EVAL_CARD, {
         **card,
         "model_sha256": files.sha256_file(workdir / paths.MODEL),
         "evaluation": {k: v for k, v in result.items() if k != "misclassified"},
     })
-    print(f"evaluate: validation accuracy {result['accuracy']:.1%} ({headline.replace('_', ' ')}) "
-          f"on {result['images']} images")
+    weakest = per_class.head(5)
+    print(f"evaluate: validation accuracy {result['accuracy']:.1%} ({headline.replace('_', ' ')}) on "
+          f"{result['images']} images in {len(classes)} classes, mean F1 {result['mean_f1']:.3f}; weakest recall: "
+          + ", ".join(f"{n} {r:.0%}" for n, r in zip(weakest["name"], weakest["recall"]))
+          + f" (all classes: {paths.CLASS_SCORES})")
     return {"step": STEP.name, "accuracy": result["accuracy"], "view": headline, "images": result["images"],
-            "top1_error": result["top1_error"], "top5_error": result["top5_error"],
-            "per_class": views[headline]["per_class"]}
+            "top1_error": result["top1_error"], "top5_error": result["top5_error"], "mean_f1": result["mean_f1"],
+            "weakest": {n: r for n, r in zip(weakest["name"], weakest["recall"].astype(float))}}
 
 
 evaluate_task = step_task(STEP, run)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks import files, paths, sources
+from tasks import files, paths, report, sources
 from tasks.config import Config
 from tasks.step import Step, Summary, step_task
 
@@ -34,7 +34,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
     for name, urls in lists.items():
         files.write_text(out / f"{name}.txt", "".join(f"{u}\n" for u in urls))
     counts = {name: len(urls) for name, urls in lists.items()}
-    print(f"fetch_urls: {counts}")
+    print(f"fetch_urls: {sum(counts.values())} entries for {len(counts)} classes\n"
+          + report.class_table({name: {"entries": n} for name, n in counts.items()}))
     return {"step": STEP.name, "urls": counts}
 
 

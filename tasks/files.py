@@ -53,8 +53,9 @@ def write_text(target: str | Path, text: str) -> None:
     write_bytes(target, text.encode())
 
 
-def write_json(target: str | Path, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(target: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """JSON, keys sorted unless the caller's order is the point (headline figures first)."""
+    write_text(target, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

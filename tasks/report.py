@@ -14,6 +14,7 @@ OUTPUTS = {
     "model card": paths.MODEL_CARD,
     "evaluated model card": paths.EVAL_CARD,
     "metrics": paths.EVAL,
+    "per-class metrics": paths.CLASS_SCORES,
     "training history": paths.HISTORY,
     "plots": "plots/",
     "TensorBoard logs": f"{paths.LOGS}/",
@@ -47,14 +48,21 @@ def class_table(table: dict[str, dict[str, int]], limit: int = SHOWN, sort_by: s
 def text(summaries: dict) -> str:
     """A short summary: images per class, validation accuracy, where the outputs are."""
     download = summaries.get("download", {})
-    lines = ["", "alexnet: pipeline finished", "  images per class (ok / failed):"]
-    for cls in sorted(download.get("ok", {})):
-        lines.append(f"    {cls:<12} {download['ok'].get(cls, 0):>5} / {download.get('failed', {}).get(cls, 0)}")
+    ok, failed = download.get("ok", {}), download.get("failed", {})
+    lines = ["", "alexnet: pipeline finished"]
+    if ok:
+        table = {cls: {"ok": ok.get(cls, 0), "failed": failed.get(cls, 0)} for cls in sorted(ok)}
+        lines += ["  images per class (ok / failed):", *("    " + line for line in class_table(table).splitlines())]
     if "evaluate" in summaries:
         ev = summaries["evaluate"]
         view = {"ten_crop": ", 10 crops", "centre_crop": ", centre crop"}.get(ev.get("view"), "")
         lines.append(f"  validation accuracy: {ev['accuracy']:.1%} on {ev['images']} images{view}")
+        if isinstance(ev.get("top5_error"), float):
+            lines.append(f"  top-1 / top-5 error: {ev['top1_error']:.1%} / {ev['top5_error']:.1%}")
     lines += [f"  {name + ':':<22} {path}" for name, path in OUTPUTS.items()]
+    seconds = [f"{name} {s['seconds']}" for name, s in summaries.items() if "seconds" in s]
+    if seconds:
+        lines.append(f"  seconds: {', '.join(seconds)}")
     dvc = summaries.get("dvc", {})
     if dvc.get("committed"):
         lines.append(f"  DVC: committed {', '.join(dvc['committed'])}")
@@ -77,10 +85,17 @@ def flatten(values: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def outcome_rows(download: dict) -> list[dict]:
+def outcome_rows(download: dict, limit: int = SHOWN) -> list[dict]:
+    """URLs per class and outcome for a UI table: every class when there are few; else the totals,
+    then the `limit` classes with the fewest good images (all of them are in the manifest)."""
     outcomes = download.get("outcomes", {})
     columns = sorted({k for counts in outcomes.values() for k in counts})
-    return [{"class": cls, **{k: counts.get(k, 0) for k in columns}} for cls, counts in sorted(outcomes.items())]
+    rows = [{"class": cls, **{k: counts.get(k, 0) for k in columns}} for cls, counts in sorted(outcomes.items())]
+    if len(rows) <= limit:
+        return rows
+    total = {"class": f"all {len(rows)} classes", **{k: sum(r[k] for r in rows) for k in columns}}
+    fewest = sorted(rows, key=lambda r: r.get("ok", 0))[:limit]
+    return [total, *({**r, "class": f"{r['class']} (fewest ok #{i})"} for i, r in enumerate(fewest, 1))]
 
 
 def markdown(summaries: dict, workdir: Path) -> str:
@@ -100,7 +115,9 @@ def publish(summaries: dict, cfg: Config, workdir: Path) -> None:
 
     rows = outcome_rows(summaries.get("download", {}))
     if rows:
-        create_table_artifact(key="images-per-class", table=rows, description="URLs per class and outcome")
+        create_table_artifact(key="images-per-class", table=rows, description=(
+            "URLs per class and outcome" if len(rows) == len(summaries["download"]["outcomes"]) else
+            f"URLs per outcome, and the classes with the fewest good images; every URL is in {paths.MANIFEST}"))
     metrics = flatten({k: v for k, v in summaries.get("evaluate", {}).items() if k != "seconds"})
     if metrics:
         create_table_artifact(key="metrics", table=[{"metric": k, "value": v} for k, v in metrics.items()],

@@ -17,6 +17,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tasks import files
@@ -83,6 +84,7 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
         note = (f"{', '.join(skipped)} ran with params that differ from {PARAMS_FILE}; "
                 "left uncommitted, so `dvc status` shows them as changed")
         log.warning(note)
+    start = time.monotonic()
     if stages:
         done = dvc("commit", "--force", *stages, workdir=workdir)
         if done.returncode != 0:
@@ -96,4 +98,4 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
         pushed = stages
     if keys:
         files.write_json(synced, _state(workdir, keys, stages, cfg.dvc.push))
-    return {"committed": stages, "pushed": pushed, "note": note}
+    return {"committed": stages, "pushed": pushed, "note": note, "seconds": round(time.monotonic() - start, 2)}

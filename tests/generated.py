@@ -42,14 +42,25 @@ def pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 def prepare(workdir: Path, params: dict, classes: int = 6, train: int = 30, validation: int = 10,
             seed: int = 0) -> Path:
-    """Write a shard of images, data/split.csv and run the augment step; returns `workdir`."""
+    """Write a shard of pattern images, data/split.csv and run the augment step; returns `workdir`."""
     rng = np.random.default_rng(seed)
+    return _prepared(workdir, params, PATTERNS[:classes], train, validation, lambda kind: pattern(kind, 96, rng))
+
+
+def prepare_random(workdir: Path, params: dict, classes: list[str], train: int = 1, validation: int = 1) -> Path:
+    """As prepare(), with small random images under any class names (for many classes)."""
+    rng = np.random.default_rng(0)
+    return _prepared(workdir, params, classes, train, validation,
+                     lambda _: rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+
+
+def _prepared(workdir: Path, params: dict, classes, train: int, validation: int, picture) -> Path:
     rows = []
     shard = f"{paths.IMAGES}/generated{shards.SUFFIX}"
     with shards.writing(workdir / shard) as out:
-        for kind in PATTERNS[:classes]:
+        for kind in classes:
             for i in range(train + validation):
-                data = cv2.imencode(".png", pattern(kind, 96, rng))[1].tobytes()
+                data = cv2.imencode(".png", picture(kind))[1].tobytes()
                 digest, member = files.sha256_bytes(data), f"{kind}/{files.sha256_bytes(data)}.png"
                 rows.append({"sha256": digest, "class": kind, "subset": "train" if i < train else "validation",
                              "shard": shard, "member": member, "offset": out.add(member, data), "size": len(data)})

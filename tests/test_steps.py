@@ -207,8 +207,9 @@ def test_evaluate_writes_metrics_confusion_and_plots(work):
     validation = pd.read_csv(work / paths.SPLIT).query("subset == 'validation'")
     assert result["images"] == len(confusion) == len(validation)
     assert result["accuracy"] == pytest.approx((confusion.actual == confusion.predicted).mean(), abs=1e-4)
-    assert set(result[result["view"]]["per_class"]) == {"bikes", "ships"}
-    assert result["top5_error"] == "n/a: 5 or fewer classes"
+    per_class = pd.read_csv(work / paths.CLASS_SCORES)
+    assert sorted(per_class["class"]) == ["bikes", "ships"] and per_class["support"].sum() == result["images"]
+    assert result["top5_error"] == "n/a: 5 or fewer classes" and result["classes"] == 2
     for plot in (paths.CONFUSION_PLOT, paths.PREDICTIONS_PLOT):
         assert (work / plot).read_bytes()[:4] == b"\x89PNG"
     assert SUMMARIES["evaluate"]["accuracy"] == result["accuracy"]
@@ -218,9 +219,10 @@ def test_evaluate_writes_metrics_confusion_and_plots(work):
 def test_scores_per_class():
     probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
     result = evaluate.scores(np.array([0, 0, 1, 1]), probabilities, ["a", "b"])
-    assert result["accuracy"] == 0.75 and result["confusion"] == [[1, 1], [0, 2]]
-    assert result["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
-    assert result["per_class"]["b"]["precision"] == pytest.approx(0.6667, abs=1e-4)
+    assert result["accuracy"] == 0.75 and result["confusion"].tolist() == [[1, 1], [0, 2]]
+    per_class = result["per_class"].set_index("class")
+    assert per_class.loc["a"].to_dict() == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
+    assert per_class.loc["b", "precision"] == pytest.approx(0.6667, abs=1e-4)
     assert result["top1_error"] == 0.25 and result["top5_error"] == "n/a: 5 or fewer classes"
 
 

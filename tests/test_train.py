@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, merge, tiny_params
-from generated import prepare
-from tasks import evaluate, files, paths, train
+from generated import prepare, prepare_random
+from tasks import evaluate, files, paths, pipeline, train
 from tasks.config import validate
 
 pytestmark = pytest.mark.slow
@@ -58,23 +58,28 @@ def test_model_learns_a_small_generated_set(three):
 def test_evaluation_reports_both_views_top5_f1_and_mistakes(six):
     result = json.loads((six / paths.EVAL).read_text())
     classes = json.loads((six / paths.STATS).read_text())["classes"]
-    assert result["view"] == "ten_crop" and result["images"] == 36
+    assert result["view"] == "ten_crop" and result["images"] == 36 and result["classes"] == 6
     for view in ("centre_crop", "ten_crop"):
         scores = result[view]
-        assert set(scores["per_class"]) == set(classes)
         assert isinstance(scores["top5_error"], float) and 0 <= scores["top5_error"] <= scores["top1_error"]
         assert scores["top1_error"] == pytest.approx(1 - scores["accuracy"], abs=1e-4)
-        for row in scores["per_class"].values():
-            p, r = row["precision"], row["recall"]
-            assert row["f1"] == pytest.approx(2 * p * r / (p + r) if p + r else 0.0, abs=2e-4)
     assert result["accuracy"] == result["ten_crop"]["accuracy"]
+    per_class = pd.read_csv(six / paths.CLASS_SCORES)
+    assert sorted(per_class["class"]) == sorted(classes) and per_class["recall"].is_monotonic_increasing
+    for row in per_class.itertuples():
+        p, r = row.precision, row.recall
+        assert row.f1 == pytest.approx(2 * p * r / (p + r) if p + r else 0.0, abs=2e-4)
+    assert result["mean_f1"] == pytest.approx(per_class["f1"].mean(), abs=1e-3)
     confusion = pd.read_csv(six / paths.CONFUSION)
     wrong = confusion[confusion.actual != confusion.predicted]
     assert result["misclassified_count"] == len(wrong)
+    pairs = wrong.groupby(["actual", "predicted"]).size()
+    assert [p["images"] for p in result["most_confused"]] == sorted(pairs, reverse=True)[:10]
     listed = result["misclassified"]
     assert len(listed) == min(len(wrong), 20)
     assert [m["probability"] for m in listed] == sorted((m["probability"] for m in listed), reverse=True)
-    assert all((six / m["image"]).is_file() and m["actual"] != m["predicted"] for m in listed)
+    members = {(m, s) for m, s in zip(*[pd.read_csv(six / paths.AUGMENT_INDEX)[c] for c in ("member", "shard")])}
+    assert all((m["image"], m["shard"]) in members and m["actual"] != m["predicted"] for m in listed)
 
 
 def test_evaluation_model_card_adds_metrics_to_the_training_card(six):
@@ -95,14 +100,16 @@ def test_ten_crop_probabilities_are_the_mean_of_the_ten_views(six):
     index, _ = pipeline.read_prepared(six)
     val = index.query("subset == 'validation'").head(3)
     net = keras.models.load_model(six / paths.MODEL, compile=False)
-    probabilities = evaluate.predict_views(net, pipeline.eval_views(val, cfg.augment, 2, ten=True))
-    assert probabilities.shape == (3, 10, 6)
+    centre, mean = evaluate.predict_views(net, pipeline.eval_views(val, cfg.augment, 2, ten=True))
+    assert centre.shape == mean.shape == (3, 6)
     for i, (shard, offset, size) in enumerate(val[["shard", "offset", "size"]].itertuples(index=False)):
         with open(shard, "rb") as data:
             data.seek(offset)
             crops = pipeline.ten_crops(pipeline.decode(data.read(size)), 67).numpy()
-        np.testing.assert_allclose(probabilities[i], net.predict(crops, verbose=0), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(probabilities[i].mean(0).sum(), 1.0, rtol=1e-5)
+        each = net.predict(crops, verbose=0)
+        np.testing.assert_allclose(centre[i], each[0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(mean[i], each.mean(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(mean[i].sum(), 1.0, rtol=1e-5)
 
 
 def test_scores_give_top_k_errors():
@@ -111,7 +118,33 @@ def test_scores_give_top_k_errors():
                               [0.3, 0.25, 0.2, 0.15, 0.05, 0.04, 0.01]])  # true 6: rank 7 -> miss
     result = evaluate.scores(np.array([0, 0, 6]), probabilities, [f"c{i}" for i in range(7)])
     assert result["top1_error"] == pytest.approx(2 / 3, abs=1e-4) and result["top5_error"] == pytest.approx(1 / 3, abs=1e-4)
-    assert result["per_class"]["c0"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert result["per_class"].set_index("class").loc["c0"].to_dict() == {
+        "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+
+
+def test_a_thousand_class_evaluation_runs_in_bounded_memory_and_reports_briefly(tmp_path):
+    """`alexnet stage evaluate` over 1,000 classes: under 1.5 GB, a short console summary, readable outputs."""
+    classes = [f"c{i:04d}" for i in range(1000)]
+    workdir = prepare_random(tmp_path, params(), classes)
+    cfg = validate(params())
+    index, stats = pipeline.read_prepared(workdir)
+    net = train.build_model(cfg, stats["classes"], stats, steps_per_epoch=1, compiled=False)
+    train.save_model(net, workdir / paths.MODEL)
+    files.write_json(workdir / paths.MODEL_CARD, {"classes": stats["classes"], "class_names": [
+        f"name of {c}" for c in stats["classes"]], "image_size": 76, "input_size": 67})
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params(), sort_keys=False))
+    process = subprocess.Popen([str(BIN / "alexnet"), "stage", "evaluate"], cwd=workdir, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output[-3000:]
+    assert usage.ru_maxrss / 1024 < 1500, f"peak {usage.ru_maxrss / 1024:.0f} MB"
+    said = [line for line in output.splitlines() if line.startswith("evaluate:")]
+    assert len(said) == 1 and len(said[0]) < 400 and "name of c" in said[0]
+    result = json.loads((workdir / paths.EVAL).read_text())
+    assert result["classes"] == 1000 and len(json.dumps({k: v for k, v in result.items() if k != "misclassified"})) < 4000
+    assert len(pd.read_csv(workdir / paths.CLASS_SCORES)) == 1000
+    assert (workdir / paths.CONFUSION_PLOT).stat().st_size < 2_000_000
 
 
 def write_params(workdir: Path, **sections) -> None:
