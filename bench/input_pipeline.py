@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks import augment, demo_images, pipeline  # noqa: E402
+from tasks import canonical, demo_images, pipeline, shards  # noqa: E402
 from tasks.config import Augment  # noqa: E402
 
 BATCH, SIZE, CROP = 32, 256, 227
@@ -37,17 +37,20 @@ EPOCHS = 3  # per measurement, so start-up costs weigh little
 
 
 def write_images(folder: Path, count: int) -> tuple[pd.DataFrame, dict]:
-    """Canonical 256x256 JPEGs in class folders, their index and colour statistics."""
-    stats, rows = augment.ColourStats(), []
-    for i in range(count):
-        kind = demo_images.KINDS[i % 2]
-        square = augment.canonical(demo_images.render(kind, i), SIZE)
-        path = folder / kind / f"{i}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), square, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        stats.add(cv2.cvtColor(square, cv2.COLOR_BGR2RGB))
-        rows.append({"path": str(path), "label": i % 2})
-    return pd.DataFrame(rows), stats.result()
+    """Canonical 256x256 JPEGs in a shard (as the augment step stores them) and in class folders (for the
+    legacy generator), the shard's index and the colour statistics."""
+    total, rows = np.zeros(13), []
+    with shards.writing(folder / "train.tar") as shard:
+        for i in range(count):
+            kind = demo_images.KINDS[i % 2]
+            square = canonical.canonical(demo_images.render(kind, i), SIZE)
+            data = cv2.imencode(".jpg", square, [cv2.IMWRITE_JPEG_QUALITY, canonical.QUALITY])[1].tobytes()
+            (folder / kind).mkdir(parents=True, exist_ok=True)
+            (folder / kind / f"{i}.jpg").write_bytes(data)
+            total += canonical.moments(square)
+            rows.append({"shard": str(folder / "train.tar"), "offset": shard.add(f"{kind}/{i}.jpg", data),
+                         "size": len(data), "label": i % 2})
+    return pd.DataFrame(rows), canonical.colour_stats(total)
 
 
 def tf_data(index: pd.DataFrame, stats: dict, policy: str):

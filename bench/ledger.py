@@ -65,7 +65,7 @@ def measure(urls: int) -> dict:
         records = Records(Path(folder), Download())
         with Ledger(records.folder / "ledger.sqlite") as ledger:
             for cls in (f"c{k}" for k in range(CLASSES)):
-                ledger.add_list(cls, (url_of(cls, i) for i in range(per_class)))
+                ledger.add_list(cls, ((url_of(cls, i), "") for i in range(per_class)))
             records.start(ledger)
             rounds = 0
             while True:

@@ -127,6 +127,15 @@ def remove_unplanned(workdir: Path, planned: set[str], records: set[str]) -> Non
             os.unlink(entry.path)
 
 
+def class_names(workdir: Path) -> dict[str, str]:
+    """Each class's human-readable name, as the download step recorded them."""
+    path = workdir / paths.CLASS_NAMES
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as rows:
+        return {row["class"]: row["name"] for row in csv.DictReader(rows)}
+
+
 def render_preview(picks: list[list], cfg: Config, stats: dict, workdir: Path) -> None:
     """plots/augmentation.png: training images (index rows) with several augmented variants each."""
     import matplotlib
@@ -135,13 +144,13 @@ def render_preview(picks: list[list], cfg: Config, stats: dict, workdir: Path) -
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
-    cols = VARIANTS_PER_IMAGE + 1
+    cols, names = VARIANTS_PER_IMAGE + 1, dict(zip(stats["classes"], stats["class_names"]))
     fig, axes = plt.subplots(len(picks), cols, figsize=(2 * cols, 2 * len(picks)), squeeze=False)
     with shards.Reader() as reader:
         for r, (shard, offset, size, _, cls, *_) in enumerate(picks):
             image = tf.io.decode_jpeg(reader.read(workdir / shard, offset, size), channels=3)
             axes[r][0].imshow(image.numpy())
-            axes[r][0].set_title(cls, fontsize=9)
+            axes[r][0].set_title(names[cls][:28], fontsize=9)
             # The training transforms themselves, on a batch of copies of the image.
             views = pipeline.augment(tf.repeat(image[None], cols - 1, 0), tf.constant([cfg.base.seed, r]),
                                      cfg.augment, stats)
@@ -191,7 +200,9 @@ def run(cfg: Config, workdir: Path) -> Summary:
                 if made["moments"] is not None:
                     total += made["moments"]
                     preview_picks(picks, rows, a.plot_images)
-    stats = {**canonical.colour_stats(total), "classes": plan.classes, "image_size": a.image_size}
+    names = class_names(workdir)
+    stats = {**canonical.colour_stats(total), "classes": plan.classes,
+             "class_names": [names.get(c, c) for c in plan.classes], "image_size": a.image_size}
     files.write_json(workdir / paths.STATS, stats)
     remove_unplanned(workdir, planned, records)
     render_preview(picks, cfg, stats, workdir)

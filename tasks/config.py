@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
+from tasks import synsets
+
 PARAMS_FILE = "params.yaml"
 
 # A class name becomes a folder name: keep it to a safe, portable subset.
@@ -33,7 +35,7 @@ class Base(Section):
     seed: int = 42
 
 
-Source = Literal["imagenet_api", "url_list", "html", "archive", "folder"]
+Source = Literal["imagenet_api", "url_list", "html", "archive", "ilsvrc2012", "folder"]
 
 
 class ClassSpec(Section):
@@ -49,13 +51,36 @@ class ClassSpec(Section):
     # archive, folder: the class's folder (default: its wnid, else its name), inside
     # `data.archive` or `data.folder`; for a folder source also any path of its own.
     folder: str | None = None
+    # A human-readable name for plots, the model card and `alexnet predict` (default: the class's key).
+    name: str | None = None
+
+
+class Ilsvrc(Section):
+    """The ILSVRC-2012 archives as ImageNet distributes them (local paths; read in place, never extracted)."""
+
+    # ILSVRC2012_img_train.tar: 1,000 per-class tars of <wnid>_<n>.JPEG.
+    train: str | None = None
+    # ILSVRC2012_img_val.tar: 50,000 ILSVRC2012_val_<n>.JPEG, labelled by one of the next two.
+    val: str | None = None
+    # ILSVRC2012_devkit_t12.tar.gz (data/ILSVRC2012_validation_ground_truth.txt and data/meta.mat).
+    devkit: str | None = None
+    # Or Kaggle's LOC_val_solution.csv (ImageId,PredictionString; the wnid first).
+    val_solution: str | None = None
+
+    @model_validator(mode="after")
+    def _labelled(self) -> "Ilsvrc":
+        if self.val and not (self.devkit or self.val_solution):
+            raise ValueError("val needs its labels: devkit (ILSVRC2012_devkit_t12.tar.gz) or val_solution "
+                             "(Kaggle's LOC_val_solution.csv)")
+        return self
 
 
 class Data(Section):
     # Where URL lists come from (per class, `classes.<name>.source` overrides it):
     # imagenet_api: `url_list_endpoint` per wnid; url_list: a text file per class or
     # one shared fall11_urls.txt-style file (`url_list`); html: web pages; archive:
-    # a .tar/.tar.gz/.zip with a folder per class (`archive`); folder: local folders.
+    # a .tar/.tar.gz/.zip with a folder per class (`archive`); ilsvrc2012: the
+    # ILSVRC-2012 archives (`ilsvrc2012`); folder: local folders.
     source: Source = "imagenet_api"
     # ImageNet's old URL-list endpoint; `{wnid}` is replaced per class.
     url_list_endpoint: str = "http://127.0.0.1:8765/api/text/imagenet.synset.geturls?wnid={wnid}"
@@ -63,8 +88,9 @@ class Data(Section):
     url_list: str | None = None
     # An archive holding one folder per class (e.g. Imagenette's wnid folders): path or URL.
     archive: str | None = None
-    # A local folder holding one folder per class.
+    # A local folder holding one folder per class (at any depth: train/<wnid>/ and val/<wnid>/ too).
     folder: str | None = None
+    ilsvrc2012: Ilsvrc = Ilsvrc()
     # Deadline and size cap for fetching one list, page or archive, and the cap on
     # what an archive may extract to.
     timeout_s: float = Field(default=600.0, gt=0)
@@ -72,6 +98,9 @@ class Data(Section):
     # Start the embedded demo mirror when the endpoint is on a loopback address
     # and nothing answers there.
     embedded_mirror: bool = True
+    # The classes: explicit entries (name: spec), a class set shipped with the package
+    # (imagenet1k: the 1,000 ILSVRC-2012 synsets; imagenette, imagewoof: fast.ai's
+    # 10-class subsets), or a file listing wnids, one per line (optionally a tab and a name).
     classes: dict[ClassName, ClassSpec] = Field(
         default_factory=lambda: {
             "bikes": ClassSpec(wnid="n02834778"),
@@ -81,6 +110,11 @@ class Data(Section):
     )
     # Good images kept per class (in URL-list order); null keeps all.
     images_per_class: int | None = Field(default=None, ge=1)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_set(cls, value: Any) -> Any:
+        return synsets.resolve(value) if isinstance(value, str) else value
 
     @field_validator("url_list_endpoint")
     @classmethod
@@ -102,6 +136,8 @@ class Data(Section):
                 "its own url_list, or a wnid and data.url_list",
                 "html": None if spec.pages else "pages",
                 "archive": None if self.archive else "data.archive",
+                "ilsvrc2012": None if spec.wnid and (self.ilsvrc2012.train or self.ilsvrc2012.val) else
+                "a wnid, and data.ilsvrc2012.train or data.ilsvrc2012.val",
                 "folder": None if self.folder or spec.folder else "data.folder or its own folder",
             }[source]
             if missing:
@@ -110,6 +146,10 @@ class Data(Section):
 
     def source_of(self, name: str) -> str:
         return self.classes[name].source or self.source
+
+    def display_names(self) -> dict[str, str]:
+        """Each class's human-readable name (its key when it has none)."""
+        return {key: spec.name or key for key, spec in self.classes.items()}
 
     def endpoint_is_loopback(self) -> bool:
         host = urlsplit(self.url_list_endpoint).hostname or ""
@@ -173,6 +213,12 @@ class Download(Runner):
 
 
 class Split(Section):
+    # draw: each image is drawn to the validation set with this probability, by its
+    # digest. source: images the source marks (ILSVRC-2012's validation set, an
+    # archive's or folder's val/) are the validation set, and those it marks as
+    # training images the training set, so results compare with published ones; images
+    # it does not mark are drawn.
+    validation: Literal["draw", "source"] = "draw"
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
 
 

@@ -103,9 +103,13 @@ def fingerprint(pending: Iterable[tuple[str, str]]) -> str:
 # --- the step -----------------------------------------------------------------------------
 
 
-def url_list(workdir: Path, cls: str) -> Iterator[str]:
+def url_list(workdir: Path, cls: str) -> Iterator[tuple[str, str]]:
+    """A class's list: (entry, the subset its source gives it, or "") per non-empty line."""
     with open(workdir / paths.URLS / f"{cls}.txt", encoding="utf-8") as lines:
-        yield from (line.strip() for line in lines if line.strip())
+        for line in lines:
+            entry, _, subset = line.strip().partition("\t")
+            if entry:
+                yield entry, subset if subset in sources.SUBSETS else ""
 
 
 def prune(workdir: Path, ledger: Ledger) -> None:
@@ -117,7 +121,7 @@ def prune(workdir: Path, ledger: Ledger) -> None:
     """
     for shard in ledger.shards_to_prune():
         ledger.moved(shard, shards.rewrite(os.path.join(workdir, shard), ledger.kept_members(shard)))
-    keep = {os.path.basename(shard) for shard in ledger.kept_shards()} | {os.path.basename(paths.IMAGE_INDEX)}
+    keep = {os.path.basename(p) for p in ledger.kept_shards() | {paths.IMAGE_INDEX, paths.CLASS_NAMES}}
     folder = workdir / paths.IMAGES
     for entry in os.scandir(folder) if folder.is_dir() else []:
         if entry.name not in keep:
@@ -194,6 +198,9 @@ def run(cfg: Config, workdir: Path) -> Summary:
         prune(workdir, ledger)
         records.keep(ledger.fetched("ok"))  # as pruning left them
         write_index(workdir / paths.IMAGE_INDEX, ledger.index())
+        files.write_csv(workdir / paths.CLASS_NAMES, pd.DataFrame(
+            [(key, spec.wnid or "", spec.name or key) for key, spec in cfg.data.classes.items()],
+            columns=["class", "wnid", "name"]))
         write_rows(workdir / paths.MANIFEST, ledger.manifest())
         counts = ledger.outcomes()
 

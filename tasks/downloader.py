@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tasks import files, images, paths, shards, sources, web
+from tasks import archives, files, images, paths, shards, sources, web
 from tasks.config import Config, Download
 
-COLUMNS = ["url", "class", "status", "reason", "shard", "member", "offset", "size", "sha256", "width", "height",
-           "bytes", "attempts", "elapsed_s"]
+COLUMNS = ["url", "class", "source_subset", "status", "reason", "shard", "member", "offset", "size", "sha256",
+           "width", "height", "bytes", "attempts", "elapsed_s"]
 RECORDS_DIR = Path(paths.STATE) / "download"
 
 
@@ -39,6 +39,7 @@ RECORDS_DIR = Path(paths.STATE) / "download"
 class Row:
     url: str
     cls: str
+    source_subset: str = ""  # the subset the source puts the image in (train, validation), if it says
     status: str = "failed"
     reason: str = ""
     shard: str = ""  # the shard holding the image (a path relative to the project), its member name,
@@ -116,6 +117,7 @@ class Downloader:
         self.cfg, self.workdir = cfg, workdir
         self.fetcher = web.Fetcher(limits(cfg.download))
         self.roots = sources.local_roots(cfg.data, workdir)
+        self.archives = set(sources.local_archives(cfg.data, workdir))
         self.placeholders = frozenset(cfg.download.placeholder_digests)
         self.work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.threads = [threading.Thread(target=self._validate, name=f"validate_{i}", daemon=True)
@@ -159,7 +161,7 @@ class Downloader:
                     finished.set()
 
         for i, (cls, url) in enumerate(entries):
-            if url.startswith("file:"):
+            if url.startswith(("file:", "tar:")):
                 self.work.put(functools.partial(store, i, cls, url, functools.partial(self.read_local, url)))
             else:
                 self.fetcher.submit(url).add_done_callback(
@@ -172,18 +174,27 @@ class Downloader:
         return rows
 
     def read_local(self, entry: str) -> web.Fetched:
-        """A local source's file, read only from the folders the params name."""
+        """A local image: a file, read only from the folders the params name, or a member of an
+        archive (`tar:` entries), read only from the archives the params name."""
         try:
-            path = sources.local_path(entry, self.workdir).resolve()
+            member = archives.parse(entry, self.workdir)
+            path = (member[0] if member else sources.local_path(entry, self.workdir)).resolve()
         except ValueError:
             return web.Fetched(b"", "invalid_url")
-        if not any(path.is_relative_to(root) for root in self.roots):
+        if entry.startswith("tar:") and member is None:
+            return web.Fetched(b"", "invalid_url")
+        if not (path in self.archives if member else any(path.is_relative_to(root) for root in self.roots)):
             return web.Fetched(b"", "blocked_path")
         if not path.is_file():
             return web.Fetched(b"", "missing_file", 1)
-        if path.stat().st_size > self.cfg.download.max_bytes:
+        size = member[2] if member else path.stat().st_size
+        if size > self.cfg.download.max_bytes:
             return web.Fetched(b"", "too_large", 1)
-        return web.Fetched(path.read_bytes(), "", 1)
+        if member is None:
+            return web.Fetched(path.read_bytes(), "", 1)
+        with open(path, "rb") as archive:
+            data = os.pread(archive.fileno(), size, member[1])
+        return web.Fetched(data, "" if len(data) == size else "truncated", 1)
 
     def store(self, url: str, cls: str, got: web.Fetched) -> tuple[Row, bytes | None]:
         """Validate one fetched body: its row, and the bytes to store if it is kept."""

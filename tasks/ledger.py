@@ -21,16 +21,16 @@ from tasks.downloader import FIELDS, Row  # FIELDS: the columns of `fetched` and
 
 SELECTED = ", ".join(FIELDS)
 # The image index's columns, as the manifest names them (`cls` is written `class`).
-INDEX_COLUMNS = ("sha256", "cls", "shard", "member", "offset", "size", "width", "height", "url")
+INDEX_COLUMNS = ("sha256", "cls", "source_subset", "shard", "member", "offset", "size", "width", "height", "url")
 NO_CAP = 1 << 62
 
 SCHEMA = """
-CREATE TABLE lines (line INTEGER PRIMARY KEY, url TEXT);
+CREATE TABLE lines (line INTEGER PRIMARY KEY, url TEXT, subset TEXT);
 CREATE TABLE classes (ord INTEGER PRIMARY KEY, cls TEXT UNIQUE, size INTEGER, window INTEGER);
-CREATE TABLE listed (cls TEXT, pos INTEGER, url TEXT, PRIMARY KEY (cls, pos), UNIQUE (cls, url));
-CREATE TABLE fetched (url TEXT, cls TEXT, status TEXT, reason TEXT, shard TEXT, member TEXT, offset INTEGER,
-                      size INTEGER, sha256 TEXT, width INTEGER, height INTEGER, bytes INTEGER, attempts INTEGER,
-                      elapsed_s REAL, PRIMARY KEY (cls, url));
+CREATE TABLE listed (cls TEXT, pos INTEGER, url TEXT, subset TEXT, PRIMARY KEY (cls, pos), UNIQUE (cls, url));
+CREATE TABLE fetched (url TEXT, cls TEXT, source_subset TEXT, status TEXT, reason TEXT, shard TEXT, member TEXT,
+                      offset INTEGER, size INTEGER, sha256 TEXT, width INTEGER, height INTEGER, bytes INTEGER,
+                      attempts INTEGER, elapsed_s REAL, PRIMARY KEY (cls, url));
 CREATE TABLE loaded (name TEXT PRIMARY KEY);
 CREATE TABLE rounds (round INTEGER, ord INTEGER, start INTEGER, stop INTEGER);
 """
@@ -56,7 +56,7 @@ ORDER BY round, ord, pos
 # distinct clean images so far; a repeat is a duplicate only if its first copy was kept.
 RESOLVED = """
 WITH rows AS (
-    SELECT c.ord, l.pos, l.url, l.cls, l.pos < c.window AS needed,
+    SELECT c.ord, l.pos, l.url, l.cls, l.subset, l.pos < c.window AS needed,
            f.status, f.reason, f.shard, f.member, f.offset, f.size, f.sha256, f.width, f.height, f.bytes,
            f.attempts, f.elapsed_s,
            l.pos < c.window AND f.status = 'ok' AS good
@@ -84,7 +84,7 @@ WITH rows AS (
         ELSE '' END AS outcome
     FROM firsts
 )
-SELECT url, cls,
+SELECT url, cls, subset AS source_subset,
        CASE WHEN NOT needed OR (good AND clean AND outcome != '') THEN 'skipped'
             WHEN good AND NOT clean THEN 'failed'
             ELSE status END AS status,
@@ -125,12 +125,13 @@ class Ledger:
 
     # --- filling it ---------------------------------------------------------------
 
-    def add_list(self, cls: str, urls: Iterable[str]) -> int:
-        """A class's URL list, streamed in; repeats keep their first place. Its size."""
+    def add_list(self, cls: str, urls: Iterable[tuple[str, str]]) -> int:
+        """A class's (URL, the subset its source gives it) list, streamed in; repeats keep their first place. Its size."""
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO lines (url) VALUES (?)", ((u,) for u in urls))
-            self.db.execute("INSERT INTO listed SELECT ?, ROW_NUMBER() OVER (ORDER BY MIN(line)) - 1, url "
+            self.db.executemany("INSERT INTO lines (url, subset) VALUES (?, ?)", urls)
+            # A bare column beside MIN() takes the value of the row with the minimum (SQLite): the first line's subset.
+            self.db.execute("INSERT INTO listed SELECT ?, ROW_NUMBER() OVER (ORDER BY MIN(line)) - 1, url, subset "
                             "FROM lines GROUP BY url", (cls,))
             self.db.execute("DELETE FROM lines")
             size = self.db.execute("SELECT COUNT(*) FROM listed WHERE cls = ?", (cls,)).fetchone()[0]

@@ -7,6 +7,7 @@ STATE = ".alexnet"  # the pipeline's own state: results, download records, check
 URLS = "data/urls"  # <class>.txt, one URL per line
 IMAGES = "data/images"  # the kept images as shards (<id>.tar, members <class>/<sha256>.<ext>), index.csv
 IMAGE_INDEX = f"{IMAGES}/index.csv"  # one row per kept image: where it is (shard, offset, size), class, URL
+CLASS_NAMES = f"{IMAGES}/classes.csv"  # class, wnid, name: each class's human-readable name
 MANIFEST = "data/manifest.csv"  # one row per (class, URL)
 SPLIT = "data/split.csv"  # the image index, plus each image's subset
 AUGMENTED = "data/augment"  # canonical images as shards (<subset>-<n>.tar), index.csv, stats.json

@@ -28,7 +28,7 @@ def classify(images: list[str], model_path: str = paths.MODEL, top: int = 1, ten
     """One result per image: its `top` classes with probabilities, or an error."""
     card = json.loads(Path(model_path).with_suffix(".json").read_text())
     net = keras.models.load_model(model_path, compile=False)
-    classes = card["classes"]
+    classes = card.get("class_names", card["classes"])
     results = []
     for name in images:
         try:

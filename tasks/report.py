@@ -109,6 +109,16 @@ def markdown(summaries: dict, workdir: Path) -> str:
             f"## Steps\n\n| step | seconds |\n|---|---|\n{steps}\n")
 
 
+def effective_params(cfg: Config, limit: int = SHOWN) -> dict:
+    """The params a run used, for reading: a long list of classes is shortened to its first entries."""
+    params = cfg.model_dump(mode="json", exclude_none=True)
+    classes = params["data"]["classes"]
+    if len(classes) > limit:
+        shown = dict(list(classes.items())[:limit])
+        params["data"]["classes"] = {**shown, f"... and {len(classes) - limit} more": "(all in data/images/classes.csv)"}
+    return params
+
+
 def publish(summaries: dict, cfg: Config, workdir: Path) -> None:
     """Prefect artifacts for the run page: summary, images per class, metrics, params."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -123,6 +133,6 @@ def publish(summaries: dict, cfg: Config, workdir: Path) -> None:
         create_table_artifact(key="metrics", table=[{"metric": k, "value": v} for k, v in metrics.items()],
                               description="Evaluation on the validation set")
     create_markdown_artifact(key="effective-params", markdown="```yaml\n" + yaml.safe_dump(
-        cfg.model_dump(mode="json"), sort_keys=False) + "```", description="The params this run used")
+        effective_params(cfg), sort_keys=False) + "```", description="The params this run used")
     create_markdown_artifact(key="alexnet-run-summary", markdown=markdown(summaries, workdir),
                              description="Images, validation accuracy and where the outputs are")

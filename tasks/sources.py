@@ -1,42 +1,45 @@
 """Where each class's image URLs come from, and the parsers for what they say.
 
-Five kinds of source (`data.source`, or `classes.<name>.source` per class):
+Six kinds of source (`data.source`, or `classes.<name>.source` per class):
 
 - imagenet_api: ImageNet's old endpoint, one list per wnid (text or HTML);
 - url_list: a text file per class, or one shared file in ImageNet's
   fall11_urls.txt format (`<wnid>_<n><TAB><url>`) filtered by each class's wnid;
 - html: web pages; their <img src/srcset> and <a href> links to image files;
-- archive: a .tar, .tar.gz or .zip with one folder per class, extracted safely;
+- archive: a .tar, .tar.gz or .zip with one folder per class (Imagenette's layout);
+- ilsvrc2012: the ILSVRC-2012 archives as ImageNet distributes them;
 - folder: local folders of images.
 
-Web sources yield http(s) URLs. Local images (folders, extracted archives) are
-listed as `file:` entries, which the download step reads only from the folders
-configured here (`local_roots`). Sources named in params are trusted hosts; what
+A list has an entry per line: an http(s) URL, a `file:` entry for a local image
+(read only from the folders configured here, `local_roots`), or a `tar:` entry for
+an image inside an archive (`tasks.archives`; read only from the archives
+configured here, `local_archives`), followed, when the source says which subset an
+image belongs to (ILSVRC-2012's validation set, an archive's `val/` folder), by a
+tab and `train` or `validation`. Sources named in params are trusted hosts; what
 they link to is not (see `tasks.web`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import re
-import shutil
-import tarfile
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
-from tasks import files, paths, web
+from tasks import archives, paths, web
 from tasks.config import Data
 from tasks.errors import StepError
 
-ARCHIVE_DIR = f"{paths.URLS}/archive"  # an archive source's extracted class folders
-MAX_MEMBERS = 1_000_000  # entries an archive may hold
+REPACKED = f"{paths.URLS}/archive.tar"  # a compressed or remote archive's class folders, as a plain tar
+SUBSETS = ("train", "validation")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 SHARED_LINE = re.compile(r"^(n\d{8})_\S*\s+(\S+)")
 
@@ -50,8 +53,15 @@ def is_url(location: str) -> bool:
 
 
 def _web_only(urls: Iterable[str]) -> list[str]:
-    """http(s) URLs, in order, without repeats."""
+    """http(s) URLs, in order, without repeats (for links found in pages, which are not entries of a list)."""
     return list(dict.fromkeys(u for u in urls if u.lower().startswith(("http://", "https://")) and not web.url_problem(u)))
+
+
+def _entries(lines: Iterable[str]) -> list[str]:
+    """Every non-empty line of a list, in order, without repeats. Nothing is dropped here: the
+    download gives each line a manifest row, and a line that is no http(s) URL gets its reason
+    there (bad_scheme, invalid_url, blocked_path)."""
+    return list(dict.fromkeys(line for line in (raw.strip() for raw in lines) if line))
 
 
 # --- parsers -----------------------------------------------------------------
@@ -69,19 +79,18 @@ def _soup(body: bytes | str) -> BeautifulSoup:
 
 
 def parse_url_list(body: bytes | str) -> list[str]:
-    """http(s) URLs from a URL-list body (plain text or HTML), in order, without repeats."""
-    text = _soup(body).get_text("\n")
-    return _web_only(line.strip() for line in text.splitlines())
+    """The entries of a URL-list body (plain text, or the text of HTML), in order, without repeats."""
+    return _entries(_soup(body).get_text("\n").splitlines())
 
 
 def parse_shared_list(lines: Iterable[str], wnids: set[str]) -> dict[str, list[str]]:
-    """URLs per wnid from fall11_urls.txt-style lines (`<wnid>_<n><TAB><url>`); other lines are skipped."""
+    """Entries per wnid from fall11_urls.txt-style lines (`<wnid>_<n><TAB><url>`); lines of other wnids are skipped."""
     found: dict[str, list[str]] = {wnid: [] for wnid in wnids}
     for line in lines:
         match = SHARED_LINE.match(line)
         if match and match.group(1) in found:
             found[match.group(1)].append(match.group(2))
-    return {wnid: _web_only(urls) for wnid, urls in found.items()}
+    return {wnid: _entries(urls) for wnid, urls in found.items()}
 
 
 def image_links(html: bytes | str, page_url: str) -> list[str]:
@@ -123,32 +132,59 @@ def local_path(entry: str, workdir: Path) -> Path:
 
 
 def folder_of(data: Data, name: str, workdir: Path) -> Path:
-    """A folder-source class's folder: its own path, or `data.folder/<folder, wnid or name>`."""
-    spec = data.classes[name]
-    root = Path(data.folder) if data.folder else Path()
-    return workdir / root / (spec.folder or spec.wnid or name)
+    """Where a folder-source class's images are looked for: its own folder, or all of `data.folder`
+    (where folders named after it are found at any depth: `<wnid>/`, or `train/<wnid>/` and `val/<wnid>/`)."""
+    return workdir / (data.folder or data.classes[name].folder or "")
 
 
 def local_roots(data: Data, workdir: Path) -> list[Path]:
     """The only folders `file:` entries may be read from."""
-    roots = [workdir / ARCHIVE_DIR]
-    roots += [folder_of(data, name, workdir) for name in data.classes if data.source_of(name) == "folder"]
+    roots = {folder_of(data, name, workdir) for name in data.classes if data.source_of(name) == "folder"}
     return [root.resolve() for root in roots]
 
 
-def list_folder(folder: Path, workdir: Path) -> list[str]:
-    if not folder.is_dir():
-        raise SourceError(f"image folder not found: {folder}")
+def local_archives(data: Data, workdir: Path) -> list[Path]:
+    """The only archives `tar:` entries may be read from."""
+    found = [workdir / REPACKED, *(workdir / p for p in (data.ilsvrc2012.train, data.ilsvrc2012.val) if p)]
+    if data.archive and not is_url(data.archive):
+        found.append(workdir / data.archive)
+    return [path.resolve() for path in found]
+
+
+def subset_of(name: str) -> str:
+    """The subset an archive or folder path says an image is in: under `val/` or `validation/`, under
+    `train/`, or neither ("")."""
+    parts = {part.lower() for part in PurePosixPath(name).parts[:-1]}
+    return "validation" if parts & {"val", "validation"} else "train" if "train" in parts else ""
+
+
+def marked(entry: str, subset: str) -> str:
+    """A list line: the entry, and the subset its source gives it, if any."""
+    return f"{entry}\t{subset}" if subset else entry
+
+
+def validation_first(lines: list[str]) -> list[str]:
+    """Lines the source marks as validation before the others (so a cap on a class keeps them), else in order."""
+    return sorted(lines, key=lambda line: not line.endswith("\tvalidation"))
+
+
+def list_folder(folder: Path, workdir: Path, subsets_from: Path | None = None) -> list[str]:
+    """Entries for every file under `folder` (dot files aside), each marked with the subset its path
+    below `subsets_from` names, validation first."""
     found = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return [local_entry(p, workdir) for p in found]
+    base = subsets_from or folder
+    return validation_first([marked(local_entry(p, workdir), subset_of(p.relative_to(base).as_posix()))
+                             for p in found])
 
 
 def local_inputs(data: Data, workdir: Path) -> list[Path]:
     """The local files and folders the params name as sources (URL lists, archives, image folders)."""
-    named = [data.url_list, data.archive, *(spec.url_list for spec in data.classes.values())]
+    ilsvrc = data.ilsvrc2012 if any(data.source_of(n) == "ilsvrc2012" for n in data.classes) else None
+    named = [data.url_list, data.archive, *(spec.url_list for spec in data.classes.values()),
+             *((ilsvrc.train, ilsvrc.val, ilsvrc.devkit, ilsvrc.val_solution) if ilsvrc else ())]
     found = [workdir / location for location in named if location and not is_url(location)]
     found += [folder_of(data, n, workdir) for n in data.classes if data.source_of(n) == "folder"]
-    return found
+    return list(dict.fromkeys(found))
 
 
 # --- fetching ------------------------------------------------------------------
@@ -206,11 +242,6 @@ def local_copy(location: str, client: web.Fetcher, workdir: Path, what: str) -> 
 # --- archives ------------------------------------------------------------------
 
 
-def _unsafe(name: str) -> bool:
-    parts = name.replace("\\", "/").split("/")
-    return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name)) or ".." in parts or "\0" in name
-
-
 def _class_of(name: str, folders: dict[str, str]) -> str | None:
     """The class whose folder name is one of the member's directories."""
     for part in PurePosixPath(name).parts[:-1]:
@@ -219,49 +250,45 @@ def _class_of(name: str, folders: dict[str, str]) -> str | None:
     return None
 
 
-def _members(archive: Path) -> Iterator[tuple[str, int, bool, callable]]:
-    """(name, size, is a regular file, opener) for each member of a tar or zip archive."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                yield info.filename, info.file_size, not (info.is_dir() or is_link), lambda i=info: z.open(i)
-        return
-    try:
-        with tarfile.open(archive) as tar:
-            for member in tar:  # streamed: a .tar.gz is read once, front to back
-                yield member.name, member.size, member.isfile(), lambda m=member: tar.extractfile(m)
-    except tarfile.TarError as exc:
-        raise SourceError(f"{archive.name}: not a readable .tar, .tar.gz or .zip archive ({exc})") from None
-
-
-def extract(archive: Path, dest: Path, folders: dict[str, str], max_bytes: int, workdir: Path) -> dict[str, list[str]]:
-    """Extract the members under the classes' folders into `dest`; entries per class.
-
-    Only regular files are written (links and devices are skipped), each under
-    `dest` at its own path. An absolute or `..` name, more than MAX_MEMBERS entries
-    or more than `max_bytes` in all refuses the archive.
-    """
-    shutil.rmtree(dest, ignore_errors=True)
+def archive_lists(archive: Path, members: Iterable[archives.Member], folders: dict[str, str],
+                  workdir: Path) -> dict[str, list[str]]:
+    """Each class's entries for the members under its folder (dot files aside), validation first."""
     found: dict[str, list[str]] = {cls: [] for cls in folders.values()}
-    total = count = 0
-    for name, size, regular, open_member in _members(archive):
-        count += 1
-        if count > MAX_MEMBERS:
-            raise SourceError(f"{archive.name}: more than {MAX_MEMBERS} entries; refused")
-        if _unsafe(name):
-            raise SourceError(f"{archive.name}: unsafe entry {name!r} (absolute or outside the archive); refused")
-        cls = _class_of(name, folders)
-        if not regular or cls is None or PurePosixPath(name).name.startswith("."):
-            continue
-        total += size
-        if total > max_bytes:
-            raise SourceError(f"{archive.name}: extracts to more than data.max_bytes={max_bytes}; refused")
-        target = dest / PurePosixPath(name)
-        with open_member() as src, files.atomic_path(target) as tmp, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out)
-        found[cls].append(local_entry(target, workdir))
-    return {cls: sorted(entries) for cls, entries in found.items()}
+    for member in members:
+        cls = _class_of(member[0], folders)
+        if cls is not None and not PurePosixPath(member[0]).name.startswith("."):
+            found[cls].append(marked(archives.entry(archive, member, workdir), subset_of(member[0])))
+    return {cls: validation_first(entries) for cls, entries in found.items()}
+
+
+def validation_labels(data: Data, workdir: Path) -> dict[str, str]:
+    """{validation file name: wnid}, from Kaggle's LOC_val_solution.csv or the ILSVRC-2012 devkit."""
+    spec = data.ilsvrc2012
+    if spec.val_solution:
+        path = required(spec.val_solution, "data.ilsvrc2012.val_solution", workdir)
+        with open(path, newline="") as rows:
+            try:
+                return {f"{row['ImageId']}.JPEG": row["PredictionString"].split()[0] for row in csv.DictReader(rows)}
+            except (KeyError, IndexError):
+                raise SourceError(f"{path.name}: expected Kaggle's columns ImageId,PredictionString") from None
+    devkit = required(spec.devkit, "data.ilsvrc2012.devkit", workdir)
+    from scipy.io import loadmat  # MATLAB's format, as ImageNet ships the class table
+
+    try:
+        synsets = loadmat(io.BytesIO(archives.read_member(devkit, "meta.mat")), squeeze_me=True)["synsets"]
+        truth = archives.read_member(devkit, "ILSVRC2012_validation_ground_truth.txt").split()
+    except (ValueError, KeyError, OSError) as exc:
+        raise SourceError(f"{devkit.name}: not the ILSVRC-2012 devkit ({exc})") from None
+    wnid_of = {int(i): str(w) for i, w in zip(synsets["ILSVRC2012_ID"], synsets["WNID"])}
+    return {f"ILSVRC2012_val_{n:08d}.JPEG": wnid_of[int(i)] for n, i in enumerate(truth, 1)}
+
+
+def required(location: str | None, key: str, workdir: Path) -> Path:
+    """A local file the params name, or a clear error naming the param."""
+    path = workdir / (location or "")
+    if not location or not path.is_file():
+        raise SourceError(f"{key}: file not found: {path if location else '(not set)'}")
+    return path
 
 
 # --- per class -----------------------------------------------------------------
@@ -279,8 +306,9 @@ def class_lists(data: Data, workdir: Path) -> dict[str, list[str]]:
             lists.update(READERS[source](data, names, client, workdir))
     finally:
         client.close()
-    if "archive" not in by_source:
-        shutil.rmtree(workdir / ARCHIVE_DIR, ignore_errors=True)
+    if "archive" not in by_source or (data.archive and not is_url(data.archive)
+                                      and archives.is_plain_tar(workdir / data.archive)):
+        (workdir / REPACKED).unlink(missing_ok=True)  # no longer read from
     return {name: lists[name] for name in data.classes}
 
 
@@ -322,14 +350,55 @@ def _html(data: Data, names, client, workdir) -> dict[str, list[str]]:
 
 
 def _archive(data: Data, names, client, workdir) -> dict[str, list[str]]:
+    """An uncompressed local tar is read in place; anything else is repacked once into data/urls/archive.tar."""
     folders = {(data.classes[n].folder or data.classes[n].wnid or n): n for n in names}
     with local_copy(data.archive, client, workdir, "the archive") as path:
-        return extract(path, workdir / ARCHIVE_DIR, folders, data.max_bytes, workdir)
+        if not is_url(data.archive) and archives.is_plain_tar(path):
+            return archive_lists(path, archives.members(path), folders, workdir)
+        repacked = archives.repack(path, workdir / REPACKED, lambda name: _class_of(name, folders) is not None,
+                                   data.max_bytes)
+        return archive_lists(workdir / REPACKED, repacked, folders, workdir)
+
+
+def _ilsvrc2012(data: Data, names, client, workdir) -> dict[str, list[str]]:
+    """ILSVRC2012_img_val.tar (labelled by the devkit or Kaggle's solution file) and ILSVRC2012_img_train.tar
+    (a tar of per-class tars), read in place: the classes' images, validation first."""
+    spec, wanted = data.ilsvrc2012, {data.classes[n].wnid: n for n in names}
+    train = required(spec.train, "data.ilsvrc2012.train", workdir) if spec.train else None
+    val = required(spec.val, "data.ilsvrc2012.val", workdir) if spec.val else None
+    labels = validation_labels(data, workdir) if val else {}
+    found: dict[str, list[str]] = {name: [] for name in names}
+    for member in archives.members(val) if val else ():
+        wnid = labels.get(PurePosixPath(member[0]).name)
+        if wnid is None:
+            raise SourceError(f"{val.name}: {member[0]} has no label in the validation labels given")
+        if wnid in wanted:
+            found[wanted[wnid]].append(marked(archives.entry(val, member, workdir), "validation"))
+    inner = {f"{wnid}.tar" for wnid in wanted}
+    for member in archives.members(train, nested=lambda name: name in inner) if train else ():
+        wnid = member[0].split("/", 1)[0].removesuffix(".tar")
+        found[wanted[wnid]].append(marked(archives.entry(train, member, workdir), "train"))
+    return found
 
 
 def _folder(data: Data, names, client, workdir) -> dict[str, list[str]]:
-    return {name: list_folder(folder_of(data, name, workdir), workdir) for name in names}
+    """A class's own folder, or the folders named after it anywhere under `data.folder`."""
+    for folder in {folder_of(data, name, workdir) for name in names}:
+        if not folder.is_dir():
+            raise SourceError(f"image folder not found: {folder}")
+    if not data.folder:
+        return {name: list_folder(folder_of(data, name, workdir), workdir) for name in names}
+    root = workdir / data.folder
+    searched = {(data.classes[n].folder or data.classes[n].wnid or n): n for n in names}
+    lists: dict[str, list[str]] = {name: [] for name in names}
+    for folder, subfolders, _ in os.walk(root):
+        if (name := searched.get(os.path.basename(folder))) is not None and folder != str(root):
+            lists[name] += list_folder(Path(folder), workdir, root)
+            subfolders.clear()  # everything below is this class's
+    if missing := [f for f, n in searched.items() if not lists[n]]:
+        raise SourceError(f"image folder not found: no images in a folder named {missing[0]} under {root}")
+    return {name: validation_first(entries) for name, entries in lists.items()}
 
 
 READERS = {"imagenet_api": _imagenet_api, "url_list": _url_list, "html": _html, "archive": _archive,
-           "folder": _folder}
+           "ilsvrc2012": _ilsvrc2012, "folder": _folder}

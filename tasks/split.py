@@ -1,11 +1,13 @@
 """split: assign every good image to `train` or `validation`.
 
-An image's subset is a pure function of its content digest and the seed, so the
-split is deterministic, an image keeps its subset whatever else is added or
-removed, and the same image can never sit in both subsets. Each image is drawn on
-its own, so every class gets `split.validation_fraction` of its images in
-expectation (stratified); the step warns when a small class ends with one subset
-empty, rather than move an image to fill it.
+An image's subset is drawn from its content digest and the seed, so the split is
+deterministic, an image keeps its subset whatever else is added or removed, and the
+same image can never sit in both subsets. Each image is drawn on its own, so every
+class gets `split.validation_fraction` of its images in expectation (stratified);
+the step warns when a small class ends with one subset empty, rather than move an
+image to fill it. With `split.validation: source`, an image whose source gives its
+subset (ILSVRC-2012's validation set, an archive's val/ folder) keeps that one, so
+the validation set is the official one.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def subset(sha256: str, fraction: float, seed: int) -> str:
     return "validation" if score(sha256, seed) < fraction else "train"
 
 
+def assigned(row: dict, cfg: Config) -> str:
+    """An image's subset: the source's, when `split.validation: source` and the source gives one; else drawn."""
+    if cfg.split.validation == "source" and row["source_subset"]:
+        return row["source_subset"]
+    return subset(row["sha256"], cfg.split.validation_fraction, cfg.base.seed)
+
+
 def run(cfg: Config, workdir: Path) -> Summary:
     """Write data/split.csv from the image index, a row at a time (memory stays flat)."""
     index_path = workdir / paths.IMAGE_INDEX
@@ -51,8 +60,10 @@ def run(cfg: Config, workdir: Path) -> Summary:
             open(tmp, "w", newline="") as out:
         writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
         writer.writeheader()
+        marked = 0
         for row in csv.DictReader(source):
-            row["subset"] = subset(row["sha256"], cfg.split.validation_fraction, cfg.base.seed)
+            row["subset"] = assigned(row, cfg)
+            marked += bool(row["source_subset"])
             counts[row["class"], row["subset"]] += 1
             ends[row["shard"]] = max(ends.get(row["shard"], 0), int(row["offset"]) + int(row["size"]))
             writer.writerow(row)
@@ -62,6 +73,9 @@ def run(cfg: Config, workdir: Path) -> Summary:
             raise StepError(f"{len(short)} shards in {paths.IMAGE_INDEX} are missing or cut short, e.g. {short[0]}; "
                             "rerun download")
     classes = sorted({cls for cls, _ in counts})
+    if cfg.split.validation == "source":
+        print(f"split: {marked} images in the subset their source gives them"
+              + (f", {sum(counts.values()) - marked} drawn" if marked < sum(counts.values()) else ""))
     table = {cls: {s: counts[cls, s] for s in ("train", "validation")} for cls in classes}
     print(f"split: {sum(counts.values())} images in {len(classes)} classes; per class and subset:\n"
           + report.class_table(table))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -173,10 +174,22 @@ def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: i
     return net
 
 
+class _NotTheH5Notice(logging.Filter):
+    """Keras calls .h5 legacy on every save; the format is the one asked for (the README says so once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "saving your model as an HDF5 file" not in record.getMessage()
+
+
 def save_model(net: keras.Model, target: Path) -> None:
     """The model alone (no optimizer state: checkpoints hold that), written atomically."""
-    with files.atomic_path(target) as tmp:
-        net.save(tmp, include_optimizer=False)
+    notice, absl = _NotTheH5Notice(), logging.getLogger("absl")
+    absl.addFilter(notice)
+    try:
+        with files.atomic_path(target) as tmp:
+            net.save(tmp, include_optimizer=False)
+    finally:
+        absl.removeFilter(notice)
 
 
 def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index, val_index):
@@ -249,6 +262,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
     final = {k: v for k, v in history[-1].items() if k != "epoch"}
     card = {
         "classes": classes,
+        "class_names": stats.get("class_names", classes),
         "variant": cfg.model.variant,
         "input_size": cfg.augment.crop_size,
         "image_size": cfg.augment.image_size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import run
+from conftest import REPO, run
 from tasks.config import Config, ConfigError, apply_overrides, load_config
 
 
@@ -119,3 +119,44 @@ def test_tutorial_params_file_is_the_tutorials_recipe():
     assert (cfg.augment.rotation, cfg.augment.shift, cfg.augment.shear, cfg.augment.zoom) == (10, 0.1, 0.1, 0.1)
     assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.batch_size, cfg.train.weight_decay) == (
         "adam", 0.001, 32, 0)
+
+
+def test_class_sets_resolve_to_the_synsets_in_the_standard_order(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  classes: imagenet1k\n"))
+    wnids = list(cfg.data.classes)
+    assert len(wnids) == 1000 == len(set(wnids)) and wnids == sorted(wnids)
+    assert wnids[0] == "n01440764" and all(cfg.data.classes[w].wnid == w for w in wnids)
+    names = cfg.data.display_names()
+    assert names["n01440764"] == "tench" and names["n15075141"] == "toilet tissue"
+    assert len(set(names.values())) == 1000  # every name tells its class apart (two cranes, two maillots)
+    nette = load_config(write(tmp_path, "data:\n  classes: imagenette\n")).data.display_names()
+    assert nette == {"n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+                     "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+                     "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+                     "n03888257": "parachute"}
+    assert set(load_config(write(tmp_path, "data:\n  classes: imagewoof\n")).data.classes) <= set(wnids)
+
+
+def test_a_file_of_wnids_is_a_class_set(tmp_path):
+    (tmp_path / "mine.txt").write_text("# my classes\nn02123045\tmy cat\nn02085620\n\n")
+    cfg = load_config(write(tmp_path, f"data:\n  classes: {tmp_path / 'mine.txt'}\n"))
+    assert cfg.data.display_names() == {"n02123045": "my cat", "n02085620": "Chihuahua"}  # named by ImageNet-1k
+    (tmp_path / "bad.txt").write_text("n02123045\ncat\n")
+    with pytest.raises(ConfigError, match=r"data.classes: .*bad.txt, line 2: 'cat' is not a wnid"):
+        load_config(write(tmp_path, f"data:\n  classes: {tmp_path / 'bad.txt'}\n"))
+    with pytest.raises(ConfigError, match="neither a class set"):
+        load_config(write(tmp_path, "data:\n  classes: imagenet22k\n"))
+
+
+def test_paper_params_file_is_the_papers_run_on_imagenet_1k():
+    cfg = load_config("params-paper.yaml")
+    assert cfg.data.source == "ilsvrc2012" and len(cfg.data.classes) == 1000 and cfg.data.images_per_class is None
+    assert cfg.split.validation == "source" and cfg.model.init == "paper" and cfg.evaluate.ten_crop
+    assert (cfg.train.epochs, cfg.train.learning_rate) == (90, 0.01)
+
+
+def test_the_paper_run_without_the_archives_names_the_missing_file(tmp_path):
+    done = run(["alexnet", "stage", "fetch_urls", "--params", str(REPO / "params-paper.yaml")], tmp_path, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"data.ilsvrc2012.train: file not found: {tmp_path}/imagenet/ILSVRC2012_img_train.tar" in done.stderr
+    assert not (tmp_path / "data").exists()

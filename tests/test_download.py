@@ -143,7 +143,7 @@ def test_every_hostile_case_gets_its_reason_and_every_good_one_is_kept(tmp_path,
     assert summary["outcomes"]["a"] == outcomes[manifest["class"] == "a"].value_counts().to_dict()
     assert summary["ok"] == {"a": len(ok) - 1, "b": 1}
     # Nothing else: no temp files, nothing from failed URLs.
-    assert on_disk(tmp_path) == sorted({*ok["shard"], paths.IMAGE_INDEX})
+    assert on_disk(tmp_path) == sorted({*ok["shard"], paths.IMAGE_INDEX, paths.CLASS_NAMES})
     assert len(pd.read_csv(tmp_path / paths.IMAGE_INDEX)) == len(ok)
 
 
@@ -230,7 +230,7 @@ def test_images_the_manifest_no_longer_lists_are_pruned_from_their_shards(tmp_pa
     manifest, _ = fetch(tmp_path, {"a": a, "c": [host.url("/photo/9.jpg")]}, cfg)
     ok = manifest[manifest["status"] == "ok"]
     assert ok["url"].tolist() == [*a[:2], host.url("/photo/9.jpg")]
-    assert on_disk(tmp_path) == sorted({*ok["shard"], paths.IMAGE_INDEX})
+    assert on_disk(tmp_path) == sorted({*ok["shard"], paths.IMAGE_INDEX, paths.CLASS_NAMES})
     held = sorted(name for shard in set(ok["shard"]) for name, *_ in shards.members(tmp_path / shard))
     assert held == sorted(ok["member"])  # rewritten shards hold exactly the kept images...
     for row in ok.itertuples():  # ...at the offsets the manifest gives

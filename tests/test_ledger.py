@@ -89,7 +89,7 @@ def cases(draw, all_fetched: bool):
 def ledger_with(path: Path, listed: dict[str, list[str]], known: dict) -> Ledger:
     ledger = Ledger(path)
     for cls, urls in listed.items():
-        ledger.add_list(cls, iter(urls))
+        ledger.add_list(cls, ((url, "") for url in urls))
     ledger.add_rows(iter(known.values()), "records.csv")
     return ledger
 
@@ -155,7 +155,7 @@ def test_an_ok_row_wins_over_others_and_a_record_file_is_read_once(tmp_path):
     failed = Row(url=url, cls="cat", status="failed", reason="timeout", attempts=3)
     ok = stored("cat", DIGESTS[0], url=url, width=9, height=9)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        ledger.add_list("cat", iter([url]))
+        ledger.add_list("cat", iter([(url, "")]))
         assert ledger.add_rows(iter([failed]), "one.csv")
         assert ledger.add_rows(iter([ok]), "two.csv")
         assert ledger.add_rows(iter([failed]), "three.csv")

@@ -16,8 +16,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hostile import jpeg, photo
-from tasks import download, fetch_urls, paths, sources
+from tasks import archives, download, fetch_urls, files, paths, shards, sources, split
 from tasks.config import ConfigError, validate
+from tasks.errors import StepError
 
 # --- parsers, property-based ---------------------------------------------------------
 
@@ -36,12 +37,16 @@ junk = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 @given(st.lists(st.one_of(urls.map(lambda u: ("url", u)), junk.map(lambda j: ("junk", j))), max_size=30),
        st.sampled_from(["\n", "\r\n"]), st.booleans())
 @example([("url", "http://0/"), ("junk", "䰡𗭡"), ("url", "http://0/~")], "\n", False)  # not read as Shift-JIS
-def test_url_list_parser_keeps_exactly_the_urls_in_order_without_repeats(lines, newline, as_html):
+def test_url_list_parser_keeps_every_line_in_order_without_repeats(lines, newline, as_html):
+    """Lines that are no URL are kept too: the download gives each its manifest row and reason."""
     body = newline.join(text for _, text in lines)
     if as_html:
         body = f"<html><body>{body.replace(newline, '<br>' + newline)}</body></html>"
-    expected = list(dict.fromkeys(text for kind, text in lines if kind == "url"))
-    assert sources.parse_url_list(body.encode()) == expected
+    parsed = sources.parse_url_list(body.encode())
+    urls = list(dict.fromkeys(text for kind, text in lines if kind == "url"))
+    assert [e for e in parsed if e in urls] == urls  # every URL, in order, once
+    if not as_html:  # the text itself: every other non-empty line too, stripped
+        assert parsed == list(dict.fromkeys(t.strip() for _, t in lines if t.strip()))
 
 
 wnids = st.sampled_from(["n00000001", "n00000002", "n00000003"])
@@ -110,48 +115,90 @@ IMAGENETTE = {
 }
 
 
-@pytest.mark.parametrize("maker", [make_tar, make_zip])
-def test_archive_extracts_the_class_folders_only(tmp_path, maker):
-    archive = maker(tmp_path / ("a.tgz" if maker is make_tar else "a.zip"), IMAGENETTE)
-    found = sources.extract(archive, tmp_path / "out", {"n00000001": "a", "n00000002": "b"}, 10**6, tmp_path)
-    assert found == {
-        "a": ["file:out/imagenette/train/n00000001/a1.JPEG", "file:out/imagenette/train/n00000001/a2.JPEG",
-              "file:out/imagenette/val/n00000001/a3.JPEG"],
-        "b": ["file:out/imagenette/train/n00000002/b1.JPEG"]}
-    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert written == sorted(n.removeprefix("") for n in IMAGENETTE if "/n0000000" in n and "n00000009" not in n)
+def make_plain_tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    with tarfile.open(path, "w") as tar:  # uncompressed: read in place
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def archive_lists(workdir: Path, archive: Path, max_bytes: int = 10**6) -> dict[str, list[str]]:
+    cfg = validate({"data": {"source": "archive", "archive": str(archive), "max_bytes": max_bytes,
+                             "classes": {"a": {"wnid": "n00000001"}, "b": {"wnid": "n00000002"}}}})
+    return sources.class_lists(cfg.data, workdir)
+
+
+def member(entry: str) -> str:
+    """The member name a `tar:` list line names."""
+    return archives.ENTRY.match(entry.split("\t")[0])["name"]
+
+
+def read_entry(entry: str, workdir: Path) -> bytes:
+    path, offset, size = archives.parse(entry.split("\t")[0], workdir)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(size)
+
+
+@pytest.mark.parametrize("maker", [make_tar, make_zip, make_plain_tar])
+def test_an_archive_gives_the_class_folders_images_in_place_or_repacked_once(tmp_path, maker):
+    archive = maker(tmp_path / {make_tar: "a.tgz", make_zip: "a.zip", make_plain_tar: "a.tar"}[maker], IMAGENETTE)
+    found = archive_lists(tmp_path, archive)
+    names = {cls: [member(e) for e in entries] for cls, entries in found.items()}
+    assert names == {"a": ["imagenette/val/n00000001/a3.JPEG", "imagenette/train/n00000001/a1.JPEG",
+                           "imagenette/train/n00000001/a2.JPEG"],  # the validation image first
+                     "b": ["imagenette/train/n00000002/b1.JPEG"]}
+    assert [e.split("\t")[1] for e in found["a"]] == ["validation", "train", "train"]
+    for entries in found.values():
+        for entry in entries:
+            assert read_entry(entry, tmp_path) == IMAGENETTE[member(entry)]
+    repacked = tmp_path / sources.REPACKED
+    if maker is make_plain_tar:  # read where it is: nothing copied
+        assert not repacked.exists() and all(e.startswith(f"tar:a.tar#") for e in found["a"])
+    else:  # one plain tar of the wanted members, not a file per image
+        assert sorted(name for name, *_ in shards.members(repacked)) == sorted(
+            n for n in IMAGENETTE if "/n00000001/" in n or "/n00000002/" in n)
+        assert [p.name for p in (tmp_path / paths.URLS).iterdir()] == ["archive.tar"]
 
 
 @pytest.mark.parametrize("name", ["../evil.jpg", "/etc/evil.jpg", "imagenette/train/n00000001/../../../evil.jpg",
                                   "C:/evil.jpg"])
-@pytest.mark.parametrize("maker", [make_tar, make_zip])
+@pytest.mark.parametrize("maker", [make_tar, make_zip, make_plain_tar])
 def test_archive_with_a_path_out_of_the_target_is_refused(tmp_path, maker, name):
     archive = maker(tmp_path / "bad.arc", {**IMAGENETTE, name: b"evil"})
-    with pytest.raises(sources.SourceError, match="unsafe entry"):
-        sources.extract(archive, tmp_path / "t" / "out", {"n00000001": "a"}, 10**6, tmp_path)
-    assert not list(tmp_path.rglob("evil.jpg"))
+    with pytest.raises(StepError, match="unsafe entry"):
+        archive_lists(tmp_path, archive)
+    assert not list(tmp_path.rglob("evil.jpg")) and not (tmp_path / sources.REPACKED).exists()
 
 
-def test_archive_links_are_never_extracted(tmp_path):
+def test_archive_links_are_never_read(tmp_path):
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(jpeg(photo(26)))
     archive = make_tar(tmp_path / "links.tgz", IMAGENETTE, links={
         "imagenette/train/n00000001/link.jpg": str(secret), "imagenette/train/n00000001/up.jpg": "../../../secret.jpg"})
-    found = sources.extract(archive, tmp_path / "out", {"n00000001": "a"}, 10**6, tmp_path)
+    found = archive_lists(tmp_path, archive)
     assert len(found["a"]) == 3 and not any("link" in e or "up.jpg" in e for e in found["a"])
-    assert not (tmp_path / "out/imagenette/train/n00000001/link.jpg").exists()
 
 
 def test_archive_bigger_than_the_limit_is_refused(tmp_path):
     archive = make_zip(tmp_path / "big.zip", {"x/n00000001/big.jpg": b"\0" * 50_000})
-    with pytest.raises(sources.SourceError, match="data.max_bytes"):
-        sources.extract(archive, tmp_path / "out", {"n00000001": "a"}, 10_000, tmp_path)
+    with pytest.raises(StepError, match="data.max_bytes"):
+        archive_lists(tmp_path, archive, max_bytes=10_000)
 
 
 def test_a_file_that_is_no_archive_is_a_clear_error(tmp_path):
     (tmp_path / "not.tgz").write_bytes(b"hello")
-    with pytest.raises(sources.SourceError, match="not a readable"):
-        sources.extract(tmp_path / "not.tgz", tmp_path / "out", {"n00000001": "a"}, 10**6, tmp_path)
+    with pytest.raises(StepError, match="not a readable"):
+        archive_lists(tmp_path, tmp_path / "not.tgz")
+
+
+def test_an_archive_cut_short_is_a_clear_error(tmp_path):
+    whole = make_plain_tar(tmp_path / "whole.tar", IMAGENETTE).read_bytes()
+    (tmp_path / "cut.tar").write_bytes(whole[:5000])
+    with pytest.raises(StepError, match="cut short"):
+        archive_lists(tmp_path, tmp_path / "cut.tar")
 
 
 # --- every source, end to end -----------------------------------------------------------------
@@ -206,14 +253,16 @@ def test_every_source_kind_feeds_the_download(tmp_path, site):
         "download": {"min_images_per_class": 2, "timeout_s": 5},
     })
     fetch_urls.run(cfg, work)
-    lists = {c: (work / paths.URLS / f"{c}.txt").read_text().split() for c in "abcde"}
-    assert lists["a"] == img[:3] and lists["b"] == img[3:5] and lists["c"] == img[5:7]
-    assert lists["d"] == ["file:data/urls/archive/x/train/n00000004/a.jpg", "file:data/urls/archive/x/val/n00000004/b.jpg"]
+    lists = {c: (work / paths.URLS / f"{c}.txt").read_text().splitlines() for c in "abcde"}
+    assert lists["a"] == img[:3] and lists["b"] == [*img[3:5], "not a url"] and lists["c"] == img[5:7]
+    assert [member(e) for e in lists["d"]] == ["x/val/n00000004/b.jpg", "x/train/n00000004/a.jpg"]
+    assert [e.split("\t")[1] for e in lists["d"]] == ["validation", "train"]
     assert lists["e"] == [(folder / "0.png").as_uri(), (folder / "1.png").as_uri()]
     summary = download.run(cfg, work)
     assert summary["ok"] == {"a": 3, "b": 2, "c": 2, "d": 2, "e": 2}
     manifest = pd.read_csv(work / paths.MANIFEST, keep_default_na=False)
-    assert (manifest["status"] == "ok").all()
+    assert manifest.loc[manifest["status"] != "ok", ["url", "reason"]].values.tolist() == [["not a url", "invalid_url"]]
+    assert manifest.loc[manifest["class"] == "d", "source_subset"].tolist() == ["validation", "train"]
     assert not list((work / paths.URLS).glob(".*tmp*"))  # the downloaded archive is gone
 
 
@@ -235,3 +284,50 @@ def test_a_missing_source_is_a_clear_error(tmp_path):
 def test_a_class_without_what_its_source_needs_fails_at_load(data, hint):
     with pytest.raises(ConfigError, match=hint.replace("(", r"\(").replace(")", r"\)")):
         validate({"data": data})
+
+
+def test_every_line_of_a_list_gets_a_manifest_row_with_its_reason(tmp_path, site):
+    work = tmp_path / "work"
+    (site.root / "0.jpg").write_bytes(jpeg(photo(140)))
+    (site.root / "1.jpg").write_bytes(jpeg(photo(141)))
+    lines = [f"{site.base}/0.jpg", "ftp://127.0.0.2/a.jpg", "file:/etc/hostname", "javascript:alert(1)",
+             "http://[::1", "not a url", "tar:/etc/hostname#0+10/x.jpg", f"{site.base}/1.jpg"]
+    (site.root / "a.txt").write_text("\n".join(lines) + "\n")
+    cfg = validate({"data": {"source": "url_list", "embedded_mirror": False,
+                             "classes": {"a": {"url_list": f"{site.base}/a.txt"}, "b": {"url_list": "b.txt"}}},
+                    "download": {"min_images_per_class": 1}})
+    work.mkdir()
+    (work / "b.txt").write_text(f"{site.base}/b.jpg\n")
+    (site.root / "b.jpg").write_bytes(jpeg(photo(142)))
+    fetch_urls.run(cfg, work)
+    assert (work / paths.URLS / "a.txt").read_text().splitlines() == lines  # nothing dropped
+    download.run(cfg, work)
+    manifest = pd.read_csv(work / paths.MANIFEST, keep_default_na=False)
+    rows = manifest[manifest["class"] == "a"]
+    assert rows["url"].tolist() == lines
+    assert rows["reason"].tolist() == ["", "bad_scheme", "blocked_path", "bad_scheme", "invalid_url", "invalid_url",
+                                       "blocked_path", ""]
+
+
+def test_a_folder_with_train_and_val_gives_the_split_its_official_validation_set(tmp_path):
+    root = tmp_path / "imagenette2-160"
+    images = {}
+    for subset in ("train", "val"):
+        for c, wnid in enumerate(["n00000001", "n00000002"]):
+            for i in range(3 if subset == "train" else 2):
+                path = root / subset / wnid / f"{subset}{i}.JPEG"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(jpeg(photo(200 + 10 * c + i + (5 if subset == "val" else 0))))
+                images[path] = subset
+    cfg = validate({"data": {"source": "folder", "folder": "imagenette2-160", "embedded_mirror": False,
+                             "classes": {"a": {"wnid": "n00000001"}, "b": {"wnid": "n00000002"}}},
+                    "download": {"min_images_per_class": 1}, "split": {"validation": "source"}})
+    fetch_urls.run(cfg, tmp_path)
+    lines = (tmp_path / paths.URLS / "a.txt").read_text().splitlines()
+    assert [line.split("\t")[1] for line in lines] == ["validation"] * 2 + ["train"] * 3
+    download.run(cfg, tmp_path)
+    split.run(cfg, tmp_path)
+    table = pd.read_csv(tmp_path / paths.SPLIT)
+    digests = {files.sha256_bytes(p.read_bytes()): s for p, s in images.items()}
+    assert {row.sha256: row.subset for row in table.itertuples()} == {
+        d: "validation" if s == "val" else "train" for d, s in digests.items()}

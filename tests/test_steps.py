@@ -52,9 +52,9 @@ def test_fetch_urls_writes_one_list_per_class(work, source):
         assert urls == mirror.url_list(source.base_url, spec)
 
 
-def test_url_list_parser_reads_text_and_html_and_keeps_only_http():
+def test_url_list_parser_reads_text_and_html_and_keeps_every_line():
     body = b"http://a/1.jpg\r\nftp://a/2.jpg\r\n\r\nhttps://a/3.png\r\nhttp://a/1.jpg\r\njavascript:x\r\n"
-    assert sources.parse_url_list(body) == ["http://a/1.jpg", "https://a/3.png"]
+    assert sources.parse_url_list(body) == ["http://a/1.jpg", "ftp://a/2.jpg", "https://a/3.png", "javascript:x"]
     assert sources.parse_url_list(b"<html><body>http://a/1.jpg<br>\nhttp://b/2.jpg</body></html>") == [
         "http://a/1.jpg", "http://b/2.jpg"]
 
@@ -72,7 +72,8 @@ def test_download_keeps_valid_images_in_shards_with_an_index(work, cfg):
     ok = rows[rows["status"] == "ok"]
     assert ok.groupby("class").size().to_dict() == {"bikes": 24, "ships": 24}
     index = pd.read_csv(work / paths.IMAGE_INDEX, keep_default_na=False)
-    assert list(index.columns) == ["sha256", "class", "shard", "member", "offset", "size", "width", "height", "url"]
+    assert list(index.columns) == ["sha256", "class", "source_subset", "shard", "member", "offset", "size", "width",
+                                   "height", "url"]
     assert sorted(index["sha256"]) == sorted(ok["sha256"])
     with shards.Reader() as reader:
         for row in index.itertuples():
@@ -84,7 +85,7 @@ def test_download_keeps_valid_images_in_shards_with_an_index(work, cfg):
         with tarfile.open(work / shard) as tar:
             assert sorted(tar.getnames()) == sorted(index.loc[index["shard"] == shard, "member"])
     stored = sorted(p.relative_to(work).as_posix() for p in (work / paths.IMAGES).rglob("*") if p.is_file())
-    assert stored == sorted({*index["shard"], paths.IMAGE_INDEX})  # nothing else, no temp files
+    assert stored == sorted({*index["shard"], paths.IMAGE_INDEX, paths.CLASS_NAMES})  # nothing else, no temp files
 
 
 def test_download_gives_every_bad_url_a_reason(work):
@@ -188,13 +189,15 @@ def test_train_writes_history_logs_and_model_card(work):
     assert card["params"]["train"]["epochs"] == 2
 
 
-def test_saved_model_reloads_to_identical_predictions(tmp_path, cfg):
+def test_saved_model_reloads_to_identical_predictions(tmp_path, cfg, caplog):
     import keras
 
     net = train.build_model(cfg, ["a", "b"], {"mean": [120.0] * 3, "std": [60.0] * 3}, steps_per_epoch=1)
     x = np.random.default_rng(0).uniform(0, 255, (8, 67, 67, 3)).astype("float32")
     net.fit(x, np.array([0, 1] * 4), epochs=1, verbose=0)
-    train.save_model(net, tmp_path / "model.h5")
+    with caplog.at_level("WARNING"):
+        train.save_model(net, tmp_path / "model.h5")
+    assert not [r for r in caplog.records if "HDF5" in r.getMessage()]  # .h5 is the format asked for: no notice
     assert [p.name for p in tmp_path.iterdir()] == ["model.h5"]
     loaded = keras.models.load_model(tmp_path / "model.h5")
     np.testing.assert_array_equal(net.predict(x, verbose=0), loaded.predict(x, verbose=0))
