@@ -44,12 +44,14 @@ SETTINGS = {
 }
 
 
-def generate(folder: Path, images: int, per_class: int) -> dict[str, dict]:
-    """`images` small distinct JPEGs in wnid folders; the classes as params.yaml names them."""
+def generate(folder: Path, images: int, per_class: int, wnids: list[str] | None = None) -> dict[str, dict]:
+    """`images` small distinct JPEGs in wnid folders (made-up wnids unless given); the classes as params.yaml
+    names them."""
     rng = np.random.default_rng(0)
+    count = math.ceil(images / per_class)
+    wnids = wnids or [f"n{10_000_000 + c:08d}" for c in range(count)]
     classes = {}
-    for c in range(math.ceil(images / per_class)):
-        wnid = f"n{10_000_000 + c:08d}"
+    for c, wnid in enumerate(wnids[:count]):
         classes[wnid] = {"wnid": wnid}
         (folder / wnid).mkdir(parents=True)
         for i in range(min(per_class, images - c * per_class)):

@@ -100,7 +100,7 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_dataset_of_an_uninterr
     killed_images, killed_manifest = snapshot(killed)
     clean_images, clean_manifest = snapshot(clean)
     assert killed_images == clean_images  # the same shards, byte for byte, and the same index
-    assert len(pd.read_csv(clean / paths.IMAGE_INDEX)) == 60 and len(clean_images) == 13 + 1  # 5 URLs a chunk
+    assert len(pd.read_csv(clean / paths.IMAGE_INDEX)) == 60 and len(clean_images) == 13 + 2  # 5 URLs a chunk
     pd.testing.assert_frame_equal(killed_manifest, clean_manifest)
     leftovers = [p for p in killed.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []

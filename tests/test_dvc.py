@@ -86,8 +86,9 @@ def test_dvc_repro_runs_six_stages_then_nothing(reproduced):
     tracked = sum(out.get("nfiles", 1) for stage in lock["stages"].values() for out in stage.get("outs", [])
                   if out["path"].startswith("data/"))
     images = len((project / "data" / "images" / "index.csv").read_text().splitlines()) - 1
-    # Two URL lists, a download shard and its index, the manifest, the split, a shard per subset, index, stats.
-    assert tracked == 10 and images == 48, (tracked, images)
+    # Two URL lists, a download shard with its index and class names, the manifest, the split, a canonical
+    # shard per subset with their index and colour statistics.
+    assert tracked == 11 and images == 48, (tracked, images)
 
 
 @pytest.mark.slow
