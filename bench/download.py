@@ -173,7 +173,8 @@ def client_project(urls: list[str], out: Path, processes: int) -> tuple[int, flo
     workers = IN_FLIGHT // processes
     cfg = validate({"data": {"images_per_class": None},
                     "download": {"workers": workers, "per_host": workers, "min_images_per_class": 1,
-                                 "task_runner": "thread" if processes == 1 else "process", "processes": processes}})
+                                 "task_runner": "thread" if processes == 1 else "process", "processes": processes,
+                                 "chunk_size": 256}})  # chunks (and shards) of 256, so that processes share them
     start, cpu = time.monotonic(), cpu_s()
     summary = download.run(cfg, out)
     return sum(summary["ok"].values()), time.monotonic() - start, cpu_s() - cpu

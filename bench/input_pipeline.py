@@ -1,27 +1,37 @@
-"""Images per second of the tf.data input pipeline vs Keras's legacy ImageDataGenerator.
+"""The training input pipeline against the JPEG decode limit, and training overlapped with its input.
 
-The same 256x256 JPEG files (generated demo photos, as the augment step stores
-them) go through: the project's tf.data pipeline with the paper's augmentation
-(random 227x227 crop, flip, PCA colour shift) and with the tutorial's (rotation,
-shift, shear, zoom on the centre crop), and the legacy `ImageDataGenerator` with
-the tutorial's settings (rescale 1/255, rotation 10, shifts 0.1, shear 0.1,
-zoom 0.1) reading the files with `flow_from_directory` at 227x227. Each pipeline
-is set up (directory scan, graph tracing), then three epochs of batches of 32 are
-drawn and discarded, timed. Rounds interleave the three, and the figure is the
-median; ratios are against the legacy generator.
+Part 1, images per second from the same shard of canonical 256x256 JPEGs (generated
+demo photos, stored as the augment step stores them), each figure the median of
+interleaved rounds:
 
-    python bench/input_pipeline.py [--images 320] [--rounds 3]
+- the decode limit: every core decoding the shard's JPEGs in full and nothing else,
+  with TensorFlow's decoder in tf.data and with OpenCV on a thread per core (the
+  faster of the two is the limit);
+- the training pipeline (`tasks.pipeline.training_set`) with the `paper` policy at
+  227x227 (random crop, flip, PCA colour shift) and with the `seed` policy (the
+  tutorial's warp), batches of 128, and its ratio to the limit (target: 0.70 or more
+  for `paper`);
+- Keras's legacy `ImageDataGenerator` with the tutorial's settings, reading the same
+  images as files with `flow_from_directory`, for comparison.
 
-Needs the `bench` extra (SciPy, which the legacy generator's transforms use).
+Part 2, one epoch of the demo's model (quarter width, 112x112 crops of 128x128
+images) on the same number of images: the input alone (the pipeline drawn and
+dropped), the compute alone (the same steps on one batch held in memory), and the
+epoch as training runs it; the epoch should take about the longer of the two, not
+their sum.
+
+    python bench/input_pipeline.py [--images 2048] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -30,20 +40,20 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks import canonical, demo_images, pipeline, shards  # noqa: E402
-from tasks.config import Augment  # noqa: E402
+from tasks.config import Augment, validate  # noqa: E402
 
-BATCH, SIZE, CROP = 32, 256, 227
-EPOCHS = 3  # per measurement, so start-up costs weigh little
+BATCH, SIZE, CROP = 128, 256, 227
+EPOCHS = 2  # per measurement, so start-up costs weigh little
 
 
-def write_images(folder: Path, count: int) -> tuple[pd.DataFrame, dict]:
-    """Canonical 256x256 JPEGs in a shard (as the augment step stores them) and in class folders (for the
-    legacy generator), the shard's index and the colour statistics."""
+def write_images(folder: Path, count: int, size: int = SIZE) -> tuple[pd.DataFrame, dict]:
+    """Canonical JPEGs in a shard (as the augment step stores them) and in class folders (for the legacy
+    generator), the shard's index and the colour statistics."""
     total, rows = np.zeros(13), []
     with shards.writing(folder / "train.tar") as shard:
         for i in range(count):
             kind = demo_images.KINDS[i % 2]
-            square = canonical.canonical(demo_images.render(kind, i), SIZE)
+            square = canonical.canonical(demo_images.render(kind, i), size)
             data = cv2.imencode(".jpg", square, [cv2.IMWRITE_JPEG_QUALITY, canonical.QUALITY])[1].tobytes()
             (folder / kind).mkdir(parents=True, exist_ok=True)
             (folder / kind / f"{i}.jpg").write_bytes(data)
@@ -53,9 +63,32 @@ def write_images(folder: Path, count: int) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), canonical.colour_stats(total)
 
 
-def tf_data(index: pd.DataFrame, stats: dict, policy: str):
+def decode_tf(index: pd.DataFrame):
+    def images():
+        shard = pipeline.Shards(index).in_order().repeat(EPOCHS)
+        return pipeline.with_options(shard.map(lambda data, _: pipeline.decode(data),
+                                               num_parallel_calls=pipeline.AUTOTUNE).batch(BATCH).prefetch(2))
+    return images
+
+
+def decode_opencv(index: pd.DataFrame):
+    with open(index["shard"][0], "rb") as shard:
+        blob = shard.read()
+    jpegs = [np.frombuffer(blob, np.uint8, size, offset) for offset, size in zip(index["offset"], index["size"])]
+
+    def images():
+        with ThreadPoolExecutor(os.cpu_count()) as pool:  # OpenCV lets go of the interpreter lock
+            for _ in range(EPOCHS):
+                for start in range(0, len(jpegs), BATCH):
+                    yield np.stack(list(pool.map(lambda j: cv2.imdecode(j, cv2.IMREAD_COLOR),
+                                                 jpegs[start : start + BATCH])))
+    return images
+
+
+def training(index: pd.DataFrame, stats: dict, policy: str):
     cfg = Augment(image_size=SIZE, crop_size=CROP, policy=policy)
-    return lambda: pipeline.training_set(index, cfg, stats, BATCH, seed=1, epochs=EPOCHS)
+    return lambda: (pixels for (pixels, _), _ in pipeline.training_set(index, cfg, stats, BATCH, seed=1,
+                                                                         epochs=EPOCHS))
 
 
 def legacy(folder: Path):
@@ -67,7 +100,7 @@ def legacy(folder: Path):
     def batches():
         flow = generator.flow_from_directory(str(folder), target_size=(CROP, CROP), batch_size=BATCH, seed=1,
                                              class_mode="sparse")
-        return (next(flow) for _ in range(EPOCHS * len(flow)))
+        return (next(flow)[0] for _ in range(EPOCHS * len(flow)))
 
     return batches
 
@@ -75,37 +108,77 @@ def legacy(folder: Path):
 def rate(batches) -> float:
     """Images per second drawn from `batches`, a pipeline already set up."""
     start, images = time.perf_counter(), 0
-    for x, _ in batches:
+    for x in batches:
         images += len(x)
-        assert tuple(x.shape[1:]) == (CROP, CROP, 3)
     return images / (time.perf_counter() - start)
+
+
+def part_one(folder: Path, count: int, rounds: int) -> None:
+    index, stats = write_images(folder, count)
+    runs = {
+        "decode limit: tf.data, decode_jpeg, every core": decode_tf(index),
+        "decode limit: OpenCV, a thread per core": decode_opencv(index),
+        "training pipeline, paper policy (227x227)": training(index, stats, "paper"),
+        "training pipeline, seed policy (227x227)": training(index, stats, "seed"),
+        "legacy ImageDataGenerator (tutorial's settings)": legacy(folder),
+    }
+    for make in runs.values():  # warm up: page cache, graph tracing
+        next(iter(make()))
+    rates = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, make in runs.items():
+            rates[name].append(rate(make()))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    limit = max(medians[name] for name in medians if name.startswith("decode limit"))
+    sizes = index["size"]
+    print(f"input pipeline: {count} canonical JPEGs of {SIZE}x{SIZE} (mean {sizes.mean() / 1024:.1f} KB) in one "
+          f"shard, batches of {BATCH}, {os.cpu_count()} cores; median of {rounds} interleaved rounds")
+    print(f"{'pipeline':<50} {'images/s':>9} {'of limit':>9}  rounds")
+    for name, values in rates.items():
+        print(f"{name:<50} {medians[name]:>9.0f} {medians[name] / limit:>9.2f}  {' '.join(f'{v:.0f}' for v in values)}")
+
+
+def part_two(folder: Path, count: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    from tasks import train
+
+    cfg = validate({"augment": {"image_size": 128, "crop_size": 112}, "model": {"width": 0.25},
+                    "train": {"batch_size": 32, "epochs": 1, "schedule": "constant"}})
+    index, stats = write_images(folder, count, size=128)
+    steps = -(-count // cfg.train.batch_size)
+    net = train.compile_model(pipeline.training_model(train.build_model(cfg, ["a", "b"], stats)), cfg, steps)
+    data = pipeline.training_set(index, cfg.augment, stats, cfg.train.batch_size, seed=1, epochs=3)
+    x, y = next(iter(data))
+    net.fit(data.take(4), epochs=1, steps_per_epoch=4, verbose=0)  # build and trace
+    held = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+
+    def timed(run) -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    input_s = timed(lambda: [None for _ in pipeline.training_set(index, cfg.augment, stats, cfg.train.batch_size,
+                                                                  seed=2, epochs=1)])
+    compute_s = timed(lambda: net.fit(held, epochs=1, steps_per_epoch=steps, verbose=0))
+    epoch_s = timed(lambda: net.fit(pipeline.training_set(index, cfg.augment, stats, cfg.train.batch_size, seed=3,
+                                                          epochs=1), epochs=1, steps_per_epoch=steps, verbose=0))
+    keras.backend.clear_session()
+    print(f"\none epoch of the demo model, {count} images of 128x128, batches of {cfg.train.batch_size}:")
+    print(f"  input alone {input_s:.1f} s, compute alone {compute_s:.1f} s, the epoch {epoch_s:.1f} s = "
+          f"{epoch_s / max(input_s, compute_s):.2f}x the longer of the two (their sum: "
+          f"{epoch_s / (input_s + compute_s):.2f}x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=320)
+    parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        index, stats = write_images(Path(tmp), args.images)
-        runs = {
-            "legacy ImageDataGenerator (tutorial's settings)": legacy(Path(tmp)),
-            "tf.data, paper policy": tf_data(index, stats, "paper"),
-            "tf.data, seed policy (tutorial's settings)": tf_data(index, stats, "seed"),
-        }
-        for make in runs.values():  # warm up: file cache, graph tracing
-            next(iter(make()))
-        rates = {name: [] for name in runs}
-        for _ in range(args.rounds):
-            for name, make in runs.items():
-                rates[name].append(rate(make()))
-    base = statistics.median(next(iter(rates.values())))
-    print(f"input pipeline: {args.images} JPEGs of {SIZE}x{SIZE} -> batches of {BATCH} at {CROP}x{CROP}, "
-          f"median of {args.rounds} interleaved rounds")
-    print(f"{'pipeline':<48} {'images/s':>9} {'vs legacy':>10}  rounds")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"{name:<48} {median:>9.0f} {median / base:>9.1f}x  {' '.join(f'{v:.0f}' for v in values)}")
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
+        part_one(Path(one), args.images, args.rounds)
+        part_two(Path(two), args.images)
 
 
 if __name__ == "__main__":

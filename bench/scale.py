@@ -127,7 +127,7 @@ def measure(workdir: Path, images: int, per_class: int, env: dict) -> dict:
 def _step_seconds(output: str) -> dict[str, float]:
     """Each step's own seconds in a flow run, from the run's summary (`seconds: fetch_urls 0.1, ...`)."""
     line = re.search(r"^  seconds: (.*)$", output, re.M).group(1)
-    return {name: float(s) for name, s in re.findall(r"([\w ]+?) ([\d.]+)(?:,|$)", line)}
+    return {name: float(s) for name, s in re.findall(r"(\w+) ([\d.]+)", line)}
 
 
 def report(results: list[dict]) -> None:

@@ -42,8 +42,8 @@ CONFIGS = {
 }
 
 
-def torch_rate(name: str, warmup: int, steps: int) -> float:
-    import torch
+def torch_alexnet(classes: int = CLASSES):
+    """The paper's AlexNet in PyTorch, layer for layer the project's (tasks/model.py)."""
     from torch import nn
 
     def conv(cin, cout, k, groups=1, **kw):
@@ -57,8 +57,17 @@ def torch_rate(name: str, warmup: int, steps: int) -> float:
         *conv(256, 384, 3, padding=1), *conv(384, 384, 3, groups=2, padding=1),
         *conv(384, 256, 3, groups=2, padding=1), nn.MaxPool2d(3, 2), nn.Flatten(),
         nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, CLASSES))
-    assert sum(p.numel() for p in net.parameters()) == 60_965_224
+        nn.Linear(4096, classes))
+    if classes == 1000:
+        assert sum(p.numel() for p in net.parameters()) == 60_965_224
+    return net
+
+
+def torch_rate(name: str, warmup: int, steps: int) -> float:
+    import torch
+    from torch import nn
+
+    net = torch_alexnet()
     x, y = torch.rand(BATCH, 3, SIZE, SIZE) * 255, torch.randint(0, CLASSES, (BATCH,))
     if name == "torch-channels-last":
         net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)

@@ -148,11 +148,11 @@ def render_preview(picks: list[list], cfg: Config, stats: dict, workdir: Path) -
     fig, axes = plt.subplots(len(picks), cols, figsize=(2 * cols, 2 * len(picks)), squeeze=False)
     with shards.Reader() as reader:
         for r, (shard, offset, size, _, cls, *_) in enumerate(picks):
-            image = tf.io.decode_jpeg(reader.read(workdir / shard, offset, size), channels=3)
-            axes[r][0].imshow(image.numpy())
+            data = reader.read(workdir / shard, offset, size)
+            axes[r][0].imshow(pipeline.decode(data).numpy())
             axes[r][0].set_title(names[cls][:28], fontsize=9)
             # The training transforms themselves, on a batch of copies of the image.
-            views = pipeline.augment(tf.repeat(image[None], cols - 1, 0), tf.constant([cfg.base.seed, r]),
+            views = pipeline.augment(tf.constant([data] * (cols - 1)), tf.constant([cfg.base.seed, r]),
                                      cfg.augment, stats)
             for c, view in enumerate(views.numpy(), 1):
                 axes[r][c].imshow(np.clip(view, 0, 255).astype(np.uint8))

@@ -293,7 +293,8 @@ class Train(Section):
     early_stopping: int | None = Field(default=None, ge=1)
     # Checkpoint every epoch; a rerun with the same inputs resumes from the last one.
     resume: bool = True
-    # Keep decoded training images in memory after the first epoch.
+    # Keep the training shards' JPEG bytes in memory after the first epoch (each epoch
+    # then a full shuffle of them).
     cache: bool = False
     # auto: float16 on GPUs that support it (compute capability 7.0+), off on CPU.
     mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"

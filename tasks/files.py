@@ -98,17 +98,25 @@ DIGESTS = ".alexnet/digests.sqlite"
 
 
 class Digests:
-    """Content digests of files, remembered by their metadata in `<workdir>/.alexnet/digests.sqlite`."""
+    """Content digests of files and folders, remembered by their metadata in `<workdir>/.alexnet/digests.sqlite`.
+
+    A folder's digest is remembered with a fingerprint of its files' names, sizes,
+    modification times and inodes, so an unchanged folder of a million images costs a
+    walk over its metadata, not a lookup per file.
+    """
 
     def __init__(self, workdir: str | Path):
         path = Path(workdir) / DIGESTS
         self.db: sqlite3.Connection | None = None
         self.fresh: list[tuple] = []
+        self.folders: list[tuple] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self.db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, "
-                            "mtime_ns INTEGER, inode INTEGER, hashed_ns INTEGER, sha256 TEXT)")
+            self.db.executescript(
+                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                "inode INTEGER, hashed_ns INTEGER, sha256 TEXT);"
+                "CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, fingerprint TEXT, sha256 TEXT);")
         except (OSError, sqlite3.Error):  # a read-only or odd file system: hash everything, remember nothing
             self.db = None
 
@@ -117,8 +125,10 @@ class Digests:
 
     def __exit__(self, *exc) -> None:
         if self.db is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error), self.db:
+                self.db.execute("BEGIN")  # one transaction: a commit per row would sync the disk per file
                 self.db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", self.fresh)
+                self.db.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?)", self.folders)
             self.db.close()
 
     def file(self, path: str, st: os.stat_result) -> str:
@@ -143,9 +153,21 @@ class Digests:
             return None
         if not os.path.isdir(path):
             return self.file(path, st)
+        listed = list(_walk(path))
+        metadata = hashlib.sha256()
+        for relative, _, st in listed:
+            metadata.update(f"{relative}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        fingerprint = metadata.hexdigest()
+        if self.db is not None:
+            found = self.db.execute("SELECT sha256 FROM folders WHERE path = ? AND fingerprint = ?",
+                                    (path, fingerprint)).fetchone()
+            if found:
+                return found[0]
         digest = hashlib.sha256()
-        for relative, file, st in _walk(path):
+        for relative, file, st in listed:
             digest.update(f"{relative}\0{self.file(file, st)}\n".encode())
+        if all(time.time_ns() - st.st_mtime_ns > RACY_NS for _, _, st in listed):  # none may still be changing
+            self.folders.append((path, fingerprint, digest.hexdigest()))
         return digest.hexdigest()
 
 

@@ -152,9 +152,10 @@ def callbacks(cfg: Config, logs: Path, checkpoint: Checkpoint, done: int, valida
     return [*found, checkpoint]
 
 
-def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: int, compiled: bool = True) -> keras.Model:
+def build_model(cfg: Config, classes: list[str], stats: dict) -> keras.Model:
+    """AlexNet for these params and classes, normalising its own [0, 255] input."""
     norm = pipeline.normalisation(cfg.augment, stats, cfg.model.init) or {}
-    net = model.build(
+    return model.build(
         len(classes),
         variant=cfg.model.variant,
         input_size=cfg.augment.crop_size,
@@ -164,13 +165,15 @@ def build_model(cfg: Config, classes: list[str], stats: dict, steps_per_epoch: i
         mean=norm.get("mean"),
         std=norm.get("std"),
     )
-    if compiled:
-        net.compile(
-            optimizer=optimizer(cfg, steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=cfg.train.jit_compile,
-        )
+
+
+def compile_model(net: keras.Model, cfg: Config, steps_per_epoch: int) -> keras.Model:
+    net.compile(
+        optimizer=optimizer(cfg, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=cfg.train.jit_compile,
+    )
     return net
 
 
@@ -207,8 +210,11 @@ def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index
     keras.mixed_precision.set_global_policy(policy)
     try:
         with distribution.scope():
-            net = build_model(cfg, classes, stats, steps)
-            done, history = Checkpoint.restore(folder, net) if folder else (0, [])
+            net = build_model(cfg, classes, stats)
+            # Batches come as uint8 pixels and colour shifts (tasks.pipeline); the model that
+            # takes them shares its weights with `net`, which is what is saved.
+            trainer = compile_model(pipeline.training_model(net), cfg, steps)
+            done, history = Checkpoint.restore(folder, trainer) if folder else (0, [])
     finally:
         keras.mixed_precision.set_global_policy(previous)
     print(f"train: {device_note(distribution.num_replicas_in_sync, policy)}; {len(train_index)} training and "
@@ -225,7 +231,7 @@ def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index
     val_ds = pipeline.validation_set(val_index, cfg.augment, t.batch_size) if len(val_index) else None
     checkpoint = Checkpoint(folder, history)
     if done < t.epochs:
-        net.fit(
+        trainer.fit(
             train_ds,
             validation_data=val_ds,
             epochs=t.epochs,
@@ -242,7 +248,7 @@ def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index
         raise StepError(f"training diverged: the loss is not a number after epoch {history[-1]['epoch']}; "
                         "lower train.learning_rate, or use another model.init or augment.normalize")
     if policy != "float32":  # save a float32 copy, which predicts the same on any device
-        export = build_model(cfg, classes, stats, steps, compiled=False)
+        export = build_model(cfg, classes, stats)
         export.set_weights(net.get_weights())
         net = export
     return net, history, done

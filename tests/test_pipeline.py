@@ -22,32 +22,44 @@ STATS = {
 OFF = {"random_crop": False, "flip": False, "pca_std": 0.0, "rotation": 0.0, "shift": 0.0, "shear": 0.0, "zoom": 0.0}
 
 
-def coordinates(size: int) -> tf.Tensor:
-    """An image whose pixels say where they are: R = row, G = column."""
+def coordinates(size: int) -> np.ndarray:
+    """An image whose pixels say where they are: R = 3 x row, G = 3 x column."""
     rows, cols = np.mgrid[:size, :size]
-    return tf.constant(np.stack([rows, cols, np.full_like(rows, 7)], -1).astype(np.float32))
+    return np.stack([3 * rows, 3 * cols, np.full_like(rows, 7)], -1).astype(np.uint8)
 
 
-def views(image, cfg: Augment, count: int, seed: int = 42) -> np.ndarray:
-    """`count` training views of one image: a batch of copies through the training transforms."""
-    return pipeline.augment(tf.repeat(image[None], count, 0), tf.constant([seed, 0]), cfg, STATS).numpy()
+def jpeg(image: np.ndarray) -> bytes:
+    """RGB pixels as a JPEG as close to lossless as JPEG gets (quality 100, no chroma subsampling)."""
+    bgr = np.clip(np.rint(image), 0, 255).astype(np.uint8)[..., ::-1]
+    params = [cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    return cv2.imencode(".jpg", bgr, params)[1].tobytes()
+
+
+def decoded(image: np.ndarray) -> np.ndarray:
+    """The image as the pipeline sees it: through the JPEG the augment step would store."""
+    return pipeline.decode(jpeg(image)).numpy()
+
+
+def views(image: np.ndarray, cfg: Augment, count: int, seed: int = 42) -> np.ndarray:
+    """`count` training views of one image: a batch of copies of its JPEG through the training transforms."""
+    return pipeline.augment(tf.constant([jpeg(image)] * count), tf.constant([seed, 0]), cfg, STATS).numpy()
 
 
 def test_random_crop_takes_crop_size_windows_at_varying_offsets():
     cfg = Augment(image_size=80, crop_size=72, **{**OFF, "random_crop": True})
-    image = coordinates(80)
+    image = decoded(coordinates(80))
     offsets = set()
-    for crop in views(image, cfg, 30):
+    for crop in views(coordinates(80), cfg, 30):
         assert crop.shape == (72, 72, 3)
-        top, left = int(crop[0, 0, 0]), int(crop[0, 0, 1])
-        np.testing.assert_array_equal(crop, image.numpy()[top : top + 72, left : left + 72])
+        top, left = round(crop[:, :, 0].mean() / 3 - 35.5), round(crop[:, :, 1].mean() / 3 - 35.5)
+        np.testing.assert_array_equal(crop, image[top : top + 72, left : left + 72])  # only the window decoded
         offsets.add((top, left))
     assert len(offsets) > 15 and all(0 <= t <= 8 and 0 <= l <= 8 for t, l in offsets)
 
 
 def test_flip_mirrors_about_half_of_the_views():
     cfg = Augment(image_size=80, crop_size=72, **{**OFF, "flip": True})
-    centre = pipeline.centre_crop(coordinates(80), 72).numpy()
+    centre = decoded(coordinates(80))[4:76, 4:76]
     flipped = 0
     for out in views(coordinates(80), cfg, 40):
         if np.array_equal(out, centre[:, ::-1]):
@@ -61,7 +73,7 @@ def test_pca_colour_shift_has_the_papers_statistics():
     """The offset is p @ (alpha * lambda) * 255 with alpha ~ N(0, std): zero mean, covariance P diag((std lambda 255)^2) P^T."""
     std = 0.1
     cfg = Augment(image_size=80, crop_size=72, **{**OFF, "pca_std": std})
-    grey = tf.fill((80, 80, 3), 128.0)  # far from the clip limits
+    grey = np.full((80, 80, 3), 128.0)  # far from the clip limits
     shifts = []
     for out in views(grey, cfg, 3000):
         assert np.allclose(out, out[0, 0])  # one offset for the whole image
@@ -77,17 +89,17 @@ def test_pca_colour_shift_has_the_papers_statistics():
 
 def test_everything_off_or_policy_none_is_the_centre_crop():
     image = coordinates(80)
-    centre = pipeline.centre_crop(image, 72).numpy()
+    centre = decoded(image)[4:76, 4:76]
     for cfg in (Augment(image_size=80, crop_size=72, **OFF), Augment(image_size=80, crop_size=72, policy="none"),
                 Augment(image_size=80, crop_size=72, policy="seed", **OFF)):
         np.testing.assert_array_equal(views(image, cfg, 3), np.stack([centre] * 3))
 
 
-def blob(size: int, at: tuple[float, float]) -> tf.Tensor:
+def blob(size: int, at: tuple[float, float]) -> np.ndarray:
     """A black image with a small bright Gaussian spot at (x, y)."""
     rows, cols = np.mgrid[:size, :size]
     spot = 255 * np.exp(-((cols - at[0]) ** 2 + (rows - at[1]) ** 2) / 4.0)
-    return tf.constant(np.repeat(spot[..., None], 3, -1).astype(np.float32))
+    return np.repeat(spot[..., None], 3, -1)
 
 
 def centroid(image: np.ndarray) -> np.ndarray:
@@ -161,7 +173,8 @@ def images(tmp_path) -> pd.DataFrame:
 
 
 def batches(ds) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(x.numpy(), y.numpy()) for x, y in ds]
+    """(images as the model sees them, labels) per batch."""
+    return [(pipeline.ColourShift()(*x).numpy(), y.numpy()) for x, y in ds]
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -184,9 +197,8 @@ def test_training_set_is_deterministic_and_resumes_where_it_left_off(images, cac
 
 
 def test_ten_crops_are_corners_and_centre_then_flipped():
-    image = coordinates(80)
-    crops = pipeline.ten_crops(image, 72).numpy()
-    full = image.numpy()
+    full = coordinates(80)
+    crops = pipeline.ten_crops(tf.constant(full), 72).numpy()
     assert crops.shape == (10, 72, 72, 3)
     expected = [full[4:76, 4:76], full[:72, :72], full[:72, 8:], full[8:, :72], full[8:, 8:]]
     for got, want in zip(crops[:5], expected):

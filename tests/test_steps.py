@@ -192,7 +192,7 @@ def test_train_writes_history_logs_and_model_card(work):
 def test_saved_model_reloads_to_identical_predictions(tmp_path, cfg, caplog):
     import keras
 
-    net = train.build_model(cfg, ["a", "b"], {"mean": [120.0] * 3, "std": [60.0] * 3}, steps_per_epoch=1)
+    net = train.compile_model(train.build_model(cfg, ["a", "b"], {"mean": [120.0] * 3, "std": [60.0] * 3}), cfg, 1)
     x = np.random.default_rng(0).uniform(0, 255, (8, 67, 67, 3)).astype("float32")
     net.fit(x, np.array([0, 1] * 4), epochs=1, verbose=0)
     with caplog.at_level("WARNING"):

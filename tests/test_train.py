@@ -128,7 +128,7 @@ def test_a_thousand_class_evaluation_runs_in_bounded_memory_and_reports_briefly(
     workdir = prepare_random(tmp_path, params(), classes)
     cfg = validate(params())
     index, stats = pipeline.read_prepared(workdir)
-    net = train.build_model(cfg, stats["classes"], stats, steps_per_epoch=1, compiled=False)
+    net = train.build_model(cfg, stats["classes"], stats)
     train.save_model(net, workdir / paths.MODEL)
     files.write_json(workdir / paths.MODEL_CARD, {"classes": stats["classes"], "class_names": [
         f"name of {c}" for c in stats["classes"]], "image_size": 76, "input_size": 67})
