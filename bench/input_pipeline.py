@@ -138,8 +138,7 @@ def part_one(folder: Path, count: int, rounds: int) -> None:
         print(f"{name:<50} {medians[name]:>9.0f} {medians[name] / limit:>9.2f}  {' '.join(f'{v:.0f}' for v in values)}")
 
 
-def part_two(folder: Path, count: int) -> None:
-    import keras
+def part_two(folder: Path, count: int, rounds: int) -> None:
     import tensorflow as tf
 
     from tasks import train
@@ -149,26 +148,29 @@ def part_two(folder: Path, count: int) -> None:
     index, stats = write_images(folder, count, size=128)
     steps = -(-count // cfg.train.batch_size)
     net = train.compile_model(pipeline.training_model(train.build_model(cfg, ["a", "b"], stats)), cfg, steps)
-    data = pipeline.training_set(index, cfg.augment, stats, cfg.train.batch_size, seed=1, epochs=3)
-    x, y = next(iter(data))
-    net.fit(data.take(4), epochs=1, steps_per_epoch=4, verbose=0)  # build and trace
-    held = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
 
-    def timed(run) -> float:
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start
+    def batches(seed: int):
+        return pipeline.training_set(index, cfg.augment, stats, cfg.train.batch_size, seed=seed, epochs=1)
 
-    input_s = timed(lambda: [None for _ in pipeline.training_set(index, cfg.augment, stats, cfg.train.batch_size,
-                                                                  seed=2, epochs=1)])
-    compute_s = timed(lambda: net.fit(held, epochs=1, steps_per_epoch=steps, verbose=0))
-    epoch_s = timed(lambda: net.fit(pipeline.training_set(index, cfg.augment, stats, cfg.train.batch_size, seed=3,
-                                                          epochs=1), epochs=1, steps_per_epoch=steps, verbose=0))
-    keras.backend.clear_session()
-    print(f"\none epoch of the demo model, {count} images of 128x128, batches of {cfg.train.batch_size}:")
-    print(f"  input alone {input_s:.1f} s, compute alone {compute_s:.1f} s, the epoch {epoch_s:.1f} s = "
-          f"{epoch_s / max(input_s, compute_s):.2f}x the longer of the two (their sum: "
-          f"{epoch_s / (input_s + compute_s):.2f}x)")
+    held = tf.data.Dataset.from_tensors(next(iter(batches(0)))).repeat(steps)  # one batch, in memory
+    runs = {
+        "input alone": lambda seed: [None for _ in batches(seed)],
+        "compute alone": lambda seed: net.fit(held, epochs=1, steps_per_epoch=steps, verbose=0),
+        "the epoch": lambda seed: net.fit(batches(seed), epochs=1, steps_per_epoch=steps, verbose=0),
+    }
+    times = {name: [] for name in runs}
+    for r in range(rounds + 1):  # the first round warms up (tracing), uncounted
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(r)
+            if r:
+                times[name].append(time.perf_counter() - start)
+    input_s, compute_s, epoch_s = (statistics.median(t) for t in times.values())
+    print(f"\none epoch of the demo model, {count} images of 128x128, batches of {cfg.train.batch_size}, median of "
+          f"{rounds} interleaved rounds:")
+    print(f"  input alone {input_s:.2f} s, compute alone {compute_s:.2f} s, the epoch {epoch_s:.2f} s: "
+          f"{epoch_s / max(input_s, compute_s):.2f}x the longer of the two, {epoch_s / (input_s + compute_s):.2f}x "
+          "their sum")
 
 
 def main() -> None:
@@ -178,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
         part_one(Path(one), args.images, args.rounds)
-        part_two(Path(two), args.images)
+        part_two(Path(two), args.images, args.rounds)
 
 
 if __name__ == "__main__":

@@ -77,33 +77,36 @@ def decode_window(data: tf.Tensor, top: tf.Tensor, left: tf.Tensor, size: int) -
 
 
 # --- training transforms ------------------------------------------------------------
-# Two stages: `view` per image, where the work is (decoding only the crop window,
-# which is 20% fewer pixels at 227 of 256), run in parallel by tf.data; `finish` per
-# batch, for what is cheap as a few ops over a whole batch (the colour shift, the cast)
-# or needs the batch (the tutorial's warp). Each takes a stateless seed of shape [2].
+# Random draws for all images at once (`draws`); then `view` per image, where the work
+# is (decoding only the crop window, which is 20% fewer pixels at 227 of 256), run in
+# parallel by tf.data; then `finish` per batch, for what needs the batch (the colour
+# shifts, the tutorial's warp). The batch leaves as uint8 pixels and shifts, and
+# ColourShift, the training model's first layer, casts and adds them. Seeds are
+# stateless, of shape [2].
 
 
-def crop_window(seed: tf.Tensor, image_size: int, crop_size: int, random: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """(top, left) of the crop: uniform over the image when `random`, else the centre."""
-    if not random:
-        return tf.constant((image_size - crop_size) // 2), tf.constant((image_size - crop_size) // 2)
-    corner = tf.random.stateless_uniform([2], seed, 0, image_size - crop_size + 1, dtype=tf.int32)
-    return corner[0], corner[1]
+def draws(count: tf.Tensor, seed: tf.Tensor, cfg: Augment) -> tf.Tensor:
+    """Each image's random draws as [count, 3] int32: the crop's top and left (uniform over the image for
+    the `paper` policy's random crops, else the centre), and whether to mirror it (1 with probability 1/2
+    for `paper` with flips). Drawn for all images at once: a handful of ops, not a handful per image."""
+    centre = (cfg.image_size - cfg.crop_size) // 2
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    if cfg.policy == "paper" and cfg.random_crop:
+        corners = tf.random.stateless_uniform([count, 2], seeds[0], 0, cfg.image_size - cfg.crop_size + 1, tf.int32)
+    else:
+        corners = tf.fill([count, 2], centre)
+    mirrored = tf.random.stateless_uniform([count, 1], seeds[1], 0, 2, tf.int32)
+    return tf.concat([corners, mirrored if cfg.policy == "paper" and cfg.flip else tf.zeros_like(mirrored)], 1)
 
 
-def view(data: tf.Tensor, seed: tf.Tensor, cfg: Augment) -> tf.Tensor:
-    """One canonical JPEG's training view before the batch stage, as uint8: for `paper`, a crop_size
-    window (random or the centre), mirrored left-right with probability 1/2; for `seed`, the whole
-    image (the warp needs it); for `none`, the centre window."""
+def view(data: tf.Tensor, draw: tf.Tensor, cfg: Augment) -> tf.Tensor:
+    """One canonical JPEG's training view before the batch stage, as uint8, by its `draws` row: for `paper`
+    and `none`, the crop_size window decoded alone (mirrored if drawn); for `seed`, the whole image (the
+    warp needs it)."""
     if cfg.policy == "seed" and max(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom) > 0:
         return tf.ensure_shape(decode(data), [cfg.image_size, cfg.image_size, 3])
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    top, left = crop_window(seeds[0], cfg.image_size, cfg.crop_size, cfg.policy == "paper" and cfg.random_crop)
-    image = decode_window(data, top, left, cfg.crop_size)
-    if cfg.policy == "paper" and cfg.flip:
-        mirrored = tf.random.stateless_uniform([], seeds[1]) < 0.5
-        image = tf.cond(mirrored, lambda: tf.reverse(image, [1]), lambda: image)
-    return image
+    image = decode_window(data, draw[0], draw[1], cfg.crop_size)
+    return tf.cond(draw[2] > 0, lambda: tf.reverse(image, [1]), lambda: image)
 
 
 def finish(images: tf.Tensor, seed: tf.Tensor, cfg: Augment, stats: dict) -> tuple[tf.Tensor, tf.Tensor]:
@@ -120,10 +123,10 @@ def finish(images: tf.Tensor, seed: tf.Tensor, cfg: Augment, stats: dict) -> tup
 def augment(data: tf.Tensor, seed: tf.Tensor, cfg: Augment, stats: dict) -> tf.Tensor:
     """Training views of a batch of canonical JPEGs [B] under `cfg.policy`, as the model sees them: float32
     [B, crop, crop, 3] in [0, 255] (the preview plot shows these)."""
-    seeds = tf.random.experimental.stateless_split(seed, tf.shape(data)[0] + 1)
-    images = tf.map_fn(lambda a: view(a[0], a[1], cfg), (data, seeds[1:]),
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    images = tf.map_fn(lambda a: view(a[0], a[1], cfg), (data, draws(tf.shape(data)[0], seeds[0], cfg)),
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-    return ColourShift()(*finish(images, seeds[0], cfg, stats))
+    return ColourShift()(*finish(images, seeds[1], cfg, stats))
 
 
 def colour_shifts(count: tf.Tensor, seed: tf.Tensor, std: float, stats: dict) -> tf.Tensor:
@@ -271,9 +274,9 @@ def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int
             order = tf.data.Dataset.range(shards.count).shuffle(shards.count, seed=epoch_seed).interleave(
                 lambda i: shards.records(i, tf.stack([epoch_seed, i])), cycle_length=min(CYCLE, shards.count),
                 num_parallel_calls=AUTOTUNE, deterministic=True).shuffle(SHUFFLE_BUFFER, seed=epoch_seed)
-        views = order.enumerate().map(
-            lambda i, record: (view(record[0], tf.stack([tf.constant(seed, tf.int64), e * n + i]), cfg), record[1]),
-            num_parallel_calls=AUTOTUNE, deterministic=True)
+        drawn = tf.data.Dataset.from_tensor_slices(draws(n, tf.stack([tf.constant(seed, tf.int64), e]), cfg))
+        views = tf.data.Dataset.zip(order, drawn).map(lambda record, draw: (view(record[0], draw, cfg), record[1]),
+                                                      num_parallel_calls=AUTOTUNE, deterministic=True)
         seeds = tf.data.Dataset.range(steps).map(lambda b: tf.stack([tf.constant(-1 - seed, tf.int64), e * steps + b]))
         return tf.data.Dataset.zip(views.batch(batch_size), seeds).map(
             lambda batch, s: (finish(batch[0], s, cfg, stats), batch[1]), num_parallel_calls=AUTOTUNE,
