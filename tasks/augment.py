@@ -25,8 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks import canonical, files, paths, pipeline, runners, shards
 from tasks.canonical import Chunk, augment_chunk
@@ -46,7 +44,7 @@ SUBSETS = ("train", "validation")
 INDEX_COLUMNS = ["shard", "offset", "size", "member", "class", "label", "subset", "sha256"]
 VARIANTS_PER_IMAGE = 5
 
-augment_chunk_task = task(augment_chunk, name="augment_chunk", cache_policy=NO_CACHE, persist_result=False)
+augment_chunk_task = runners.chunk_task(augment_chunk, "augment_chunk")
 
 
 class Plan:

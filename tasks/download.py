@@ -35,8 +35,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks import downloader, files, paths, report, runners, shards, sources
 from tasks.config import Config
@@ -55,7 +53,7 @@ STEP = Step(
     inputs=lambda cfg, workdir: sources.local_inputs(cfg.data, workdir),  # local images are read here
 )
 
-download_chunk_task = task(download_chunk, name="download_chunk", cache_policy=NO_CACHE, persist_result=False)
+download_chunk_task = runners.chunk_task(download_chunk, "download_chunk")
 
 
 # --- plan -------------------------------------------------------------------------
