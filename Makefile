@@ -38,5 +38,8 @@ bench: install
 	python bench/download.py
 	python bench/ledger.py
 	python bench/rerun.py
+	python bench/scale.py
+	python bench/classes.py
 	python bench/input_pipeline.py
 	python bench/train_step.py
+	# bench/gpu.py needs a GPU and JAX (pip install -e '.[jax]'): run it on one, see docs/benchmarks.md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import cv2
@@ -224,3 +225,38 @@ def test_eval_views_yield_one_or_ten_views_per_image(images):
 ])
 def test_normalisation_follows_the_policy_and_the_initialisation(policy, normalize, init, expected):
     assert pipeline.normalisation(Augment(policy=policy, normalize=normalize), STATS, init) == expected
+
+
+def reference_images(folder) -> pd.DataFrame:
+    """Ten JPEGs made by TensorFlow's encoder (pinned, so the same bytes everywhere) in two shards."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for part, members in enumerate([range(0, 6), range(6, 10)]):
+        shard = str(folder / f"train-{part}.tar")
+        with shards.writing(shard) as out:
+            for i in members:
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
+                data = tf.io.encode_jpeg(pixels, quality=90).numpy()
+                rows.append({"shard": shard, "offset": out.add(f"c/{i}.jpg", data), "size": len(data), "label": i})
+    return pd.DataFrame(rows)
+
+
+# What training_set gives for reference_images(), seed 7, batches of 4, the paper policy at 72 of 80: recorded when
+# the pipeline moved to shards (each epoch reads shards in its own order through a shuffle buffer, decodes only
+# the crop window, draws crops and flips per epoch, and hands batches over as uint8 pixels and colour shifts).
+# A change of these is a change of what training sees: make it on purpose, say why, and record the new reference.
+REFERENCE_LABELS = [[4, 2, 5, 1], [9, 7, 8, 6], [3, 0], [5, 7, 8, 2], [6, 4, 1, 3], [0, 9]]
+REFERENCE_PIXELS = "08592de04fb8c857be4ab931350fd6bb42d860dfc06b2ae93de4235845cc62b3"
+REFERENCE_SHIFTS = [[-0.32, 0.14, -4.18], [-0.6, -0.64, -3.31], [0.03, 0.35, 0.62], [-0.94, -1.98, -0.61],
+                    [0.1, -1.39, 2.87], [-0.36, -0.82, -5.19]]
+
+
+def test_the_training_batches_are_the_recorded_reference(tmp_path):
+    cfg = Augment(image_size=80, crop_size=72)
+    labels, pixels, shifts = [], hashlib.sha256(), []
+    for (x, shift), y in pipeline.training_set(reference_images(tmp_path), cfg, STATS, 4, seed=7, epochs=2):
+        labels.append(y.numpy().tolist())
+        pixels.update(x.numpy().tobytes())
+        shifts.append(shift.numpy()[0].round(2).tolist())
+    assert (labels, pixels.hexdigest()) == (REFERENCE_LABELS, REFERENCE_PIXELS)
+    np.testing.assert_allclose(shifts, REFERENCE_SHIFTS, atol=0.02)
