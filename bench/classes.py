@@ -49,7 +49,8 @@ def measure(workdir: Path, classes: int, per_class: int, env: dict) -> dict:
         printed = [line for line in output.splitlines() if not line.startswith(("Epoch ", "alexnet stage"))
                    and "/step" not in line and "WARNING" not in line and line.strip()]
         steps[name] = {"seconds": seconds, "peak_mb": peak, "lines": len(printed)}
-        print(f"  {classes} classes, stage {name:<10} {seconds:7.1f} s {peak:6.0f} MB {len(printed):4d} lines", flush=True)
+        print(f"  {classes} classes, stage {name:<10} {seconds:7.1f} s {peak:6.0f} MB {len(printed):4d} lines",
+              flush=True)
     flowed = workdir / "flowed"
     shutil.copytree(staged, flowed, ignore=shutil.ignore_patterns("data", "models", "metrics", "plots", "logs",
                                                                  ".alexnet", "dvc.lock"))

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from train_step import timed  # bench/, the folder of this script, is first on its path
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE, CLASSES = 227, 1000
 CONFIGS = {
@@ -61,7 +63,6 @@ def torch_rate(name: str, batch: int, warmup: int, steps: int) -> dict:
     import torch
     from torch import nn
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from train_step import torch_alexnet
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,15 +83,6 @@ def torch_rate(name: str, batch: int, warmup: int, steps: int) -> dict:
 
     name_of = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     return {"images_per_s": timed(step, batch, warmup, steps), "device": name_of}
-
-
-def timed(step, batch: int, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -76,7 +76,8 @@ def measure(urls: int) -> dict:
                 rounds += 1
                 download.fingerprint(ledger.pending())
                 for chunk in download.chunks_of(ledger.pending_chunks(4096)):  # each "fetched" into its record
-                    records.write(chunk, [row(cls, url, chunk.shard, at) for at, (cls, url) in enumerate(chunk.entries)])
+                    rows = [row(cls, url, chunk.shard, at) for at, (cls, url) in enumerate(chunk.entries)]
+                    records.write(chunk, rows)
             ledger.save_manifest(cap)
             looked_up = sum(len(ledger.kept_members(shard)) for shard in ledger.shards_to_prune())
             download.write_index(Path(folder) / "index.csv", ledger.index())

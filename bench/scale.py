@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from common import ENV, free_port, project_copy
+from common import ENV, project_copy
 from rerun import start_server
 
 DATA_STEPS = ("fetch_urls", "download", "split", "augment")
@@ -138,8 +138,8 @@ def report(results: list[dict]) -> None:
     head = "".join(f" {f'{n:,}: ms/img':>14} {'MB':>6}" for n in sizes)
     print(f"{'step (alexnet stage)':<22}{head} {'ms/img ratio':>13} {'MB ratio':>9}")
     for name in DATA_STEPS:
-        cells = "".join(f" {1000 * r['steps'][name]['seconds'] / r['images']:>14.3f} {r['steps'][name]['peak_mb']:>6.0f}"
-                        for r in results)
+        cells = "".join(f" {1000 * r['steps'][name]['seconds'] / r['images']:>14.3f} "
+                        f"{r['steps'][name]['peak_mb']:>6.0f}" for r in results)
         per_image = [r["steps"][name]["seconds"] / r["images"] for r in (small, large)]
         memory = [r["steps"][name]["peak_mb"] for r in (small, large)]
         print(f"{name:<22}{cells} {per_image[1] / per_image[0]:>12.2f}x {memory[1] / memory[0]:>8.2f}x")

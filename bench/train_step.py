@@ -81,7 +81,7 @@ def torch_rate(name: str, warmup: int, steps: int) -> float:
         loss.backward()
         opt.step()
 
-    return timed(step, warmup, steps)
+    return timed(step, BATCH, warmup, steps)
 
 
 def slice_lrn(self, x):
@@ -117,16 +117,17 @@ def keras_rate(name: str, warmup: int, steps: int) -> float:
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (BATCH, SIZE, SIZE, 3)).astype("float32"))
     y = tf.constant(rng.integers(0, CLASSES, BATCH))
-    return timed(lambda: net.train_on_batch(x, y), warmup, steps)
+    return timed(lambda: net.train_on_batch(x, y), BATCH, warmup, steps)
 
 
-def timed(step, warmup: int, steps: int) -> float:
+def timed(step, batch: int, warmup: int, steps: int) -> float:
+    """Images per second of `step` on batches of `batch`, after `warmup` steps."""
     for _ in range(warmup):
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return BATCH * steps / (time.perf_counter() - start)
+    return batch * steps / (time.perf_counter() - start)
 
 
 def measure(name: str, warmup: int, steps: int) -> float:

@@ -97,7 +97,7 @@ def cmd_images(args) -> int:
         written = copy_out(itertools.islice(rows, args.limit), Path.cwd(), Path(args.out))
         print(f"{len(written)} images written under {args.out}/ (<class>/<sha256>.<ext>)")
         return 0 if written else EXIT_FAILED
-    shown, total = list(itertools.islice(rows, args.limit or 20)), 0
+    shown = list(itertools.islice(rows, args.limit or 20))
     for row in shown:
         print(f"{row['class']:<16} {row['sha256'][:16]}  {row['shard']}  {row['size']:>8} bytes")
     total = len(shown) + sum(1 for _ in rows)

@@ -183,12 +183,6 @@ def _walk(folder: str, prefix: str = "") -> Iterator[tuple[str, str, os.stat_res
             yield relative, entry.path, entry.stat()
 
 
-def digest_path(path: str | Path, workdir: str | Path) -> str | None:
-    """Content digest of a file or a whole folder; digests are remembered under `workdir`."""
-    with Digests(workdir) as digests:
-        return digests.path(path)
-
-
 def digest_paths(paths: list[str], workdir: Path) -> dict[str, str | None]:
     with Digests(workdir) as digests:
         return {path: digests.path(workdir / path) for path in paths}

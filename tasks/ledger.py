@@ -126,7 +126,8 @@ class Ledger:
     # --- filling it ---------------------------------------------------------------
 
     def add_list(self, cls: str, urls: Iterable[tuple[str, str]]) -> int:
-        """A class's (URL, the subset its source gives it) list, streamed in; repeats keep their first place. Its size."""
+        """A class's list of (URL, the subset its source gives it), streamed in; repeats keep their first place.
+        Returns its size."""
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO lines (url, subset) VALUES (?, ?)", urls)
@@ -221,7 +222,8 @@ class Ledger:
         """Shards holding images the manifest does not keep (a duplicate, a conflict, one past the cap)."""
         return [shard for (shard,) in self.db.execute(
             "SELECT shard FROM (SELECT shard, COUNT(DISTINCT offset) AS n FROM fetched WHERE status = 'ok' "
-            "GROUP BY shard) s WHERE n > (SELECT COUNT(*) FROM manifest m WHERE m.shard = s.shard AND m.status = 'ok')")]
+            "GROUP BY shard) s "
+            "WHERE n > (SELECT COUNT(*) FROM manifest m WHERE m.shard = s.shard AND m.status = 'ok')")]
 
     def kept_members(self, shard: str) -> list[tuple[str, int, int]]:
         """(member, offset, size) of the images the manifest keeps from `shard`, in offset order."""

@@ -115,7 +115,8 @@ def effective_params(cfg: Config, limit: int = SHOWN) -> dict:
     classes = params["data"]["classes"]
     if len(classes) > limit:
         shown = dict(list(classes.items())[:limit])
-        params["data"]["classes"] = {**shown, f"... and {len(classes) - limit} more": "(all in data/images/classes.csv)"}
+        more = f"... and {len(classes) - limit} more"
+        params["data"]["classes"] = {**shown, more: f"(all of them in {paths.CLASS_NAMES})"}
     return params
 
 

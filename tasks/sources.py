@@ -54,7 +54,8 @@ def is_url(location: str) -> bool:
 
 def _web_only(urls: Iterable[str]) -> list[str]:
     """http(s) URLs, in order, without repeats (for links found in pages, which are not entries of a list)."""
-    return list(dict.fromkeys(u for u in urls if u.lower().startswith(("http://", "https://")) and not web.url_problem(u)))
+    web_urls = (u for u in urls if u.lower().startswith(("http://", "https://")) and not web.url_problem(u))
+    return list(dict.fromkeys(web_urls))
 
 
 def _entries(lines: Iterable[str]) -> list[str]:

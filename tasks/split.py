@@ -83,7 +83,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
         if empty := [cls for cls in classes if not counts[cls, key]]:
             print(f"split: warning: {len(empty)} classes have no {name} images: {report.some(empty)}")
     return {"step": STEP.name, "images": sum(counts.values()),
-            "subsets": {s: sum(counts[c, s] for c in classes) for s in ("train", "validation")}, "classes": len(classes)}
+            "subsets": {s: sum(counts[c, s] for c in classes) for s in ("train", "validation")},
+            "classes": len(classes)}
 
 
 split_task = step_task(STEP, run)

@@ -69,7 +69,8 @@ def test_the_miniature_goes_end_to_end_with_the_official_validation_set(held, tm
     index = pd.read_csv(tmp_path / paths.IMAGE_INDEX, keep_default_na=False)
     assert index["member"].str.endswith(".png").sum() == 1  # the PNG named .JPEG, stored as what it is
     assert {p.name for p in folder.iterdir()} == set(before)  # nothing extracted next to the archives
-    assert all(p.suffix == ".tar" or p.name in ("index.csv", "classes.csv") for p in (tmp_path / paths.IMAGES).iterdir())
+    stored = (tmp_path / paths.IMAGES).iterdir()
+    assert all(p.suffix == ".tar" or p.name in ("index.csv", "classes.csv") for p in stored)
     names = pd.read_csv(tmp_path / paths.CLASS_NAMES)
     assert names["name"].tolist() == ["tench", "English springer", "cassette player"]
 

@@ -135,7 +135,8 @@ def test_chunks_depend_on_the_plan_only_so_a_resumed_run_cuts_the_same_ones(tmp_
         if not chunks:
             return
         done = data.draw(st.sets(st.integers(0, len(chunks) - 1), max_size=len(chunks) - 1))
-        ledger.add_rows((fetched_row(cls, url, data.draw) for i in done for cls, url in chunks[i].entries), "killed.csv")
+        finished = (fetched_row(cls, url, data.draw) for i in done for cls, url in chunks[i].entries)
+        ledger.add_rows(finished, "killed.csv")
         download.plan(ledger, cap)
         assert list(download.chunks_of(ledger.pending_chunks(3))) == [c for i, c in enumerate(chunks) if i not in done]
 

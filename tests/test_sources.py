@@ -156,7 +156,7 @@ def test_an_archive_gives_the_class_folders_images_in_place_or_repacked_once(tmp
             assert read_entry(entry, tmp_path) == IMAGENETTE[member(entry)]
     repacked = tmp_path / sources.REPACKED
     if maker is make_plain_tar:  # read where it is: nothing copied
-        assert not repacked.exists() and all(e.startswith(f"tar:a.tar#") for e in found["a"])
+        assert not repacked.exists() and all(e.startswith("tar:a.tar#") for e in found["a"])
     else:  # one plain tar of the wanted members, not a file per image
         assert sorted(name for name, *_ in shards.members(repacked)) == sorted(
             n for n in IMAGENETTE if "/n00000001/" in n or "/n00000002/" in n)
