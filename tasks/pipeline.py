@@ -4,7 +4,7 @@ Images come from the augment step's shards: a shard is read whole, its images
 sliced out by the offsets in the index and decoded in parallel (only the crop
 window, where a crop is all that is used), so the data set need not fit in memory
 and the disk sees large sequential reads. Each epoch reads the shards in a new
-order, a few at a time (interleaved), and shuffles images in a buffer. Every order
+order, a few at a time (interleaved), and shuffles their images in windows. Every order
 and every training transform is a function of the seed, the epoch and the image's
 place in it (stateless random ops), so runs are deterministic and a resumed run
 sees the same data as an uninterrupted one. No Python runs per image or per batch
@@ -256,7 +256,7 @@ def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int
 
     Epoch e's order and views depend only on (seed, e), so a run resumed at epoch e
     sees what an uninterrupted run would. Each epoch reads the shards in its own
-    order, CYCLE at a time, each in its own order, through a shuffle buffer; each
+    order, CYCLE at a time, each in its own order, then shuffled SHUFFLE_BUFFER images at a time; each
     image's view is decoded in parallel, each batch finished in parallel. With
     `cache`, the shards' JPEG bytes stay in memory after the first epoch (a tenth of
     the decoded pixels), and each epoch is a full shuffle of them.
@@ -269,11 +269,13 @@ def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int
     def epoch(e):
         epoch_seed = seed * 1_000_003 + e
         if cache:
-            order = jpegs.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=False)
+            order = stateless_shuffle(jpegs, n, epoch_seed)
         else:
-            order = tf.data.Dataset.range(shards.count).shuffle(shards.count, seed=epoch_seed).interleave(
+            shard_order = tf.random.experimental.stateless_shuffle(
+                tf.range(shards.count, dtype=tf.int64), tf.stack([epoch_seed, tf.constant(-1, tf.int64)]))
+            order = stateless_shuffle(tf.data.Dataset.from_tensor_slices(shard_order).interleave(
                 lambda i: shards.records(i, tf.stack([epoch_seed, i])), cycle_length=min(CYCLE, shards.count),
-                num_parallel_calls=AUTOTUNE, deterministic=True).shuffle(SHUFFLE_BUFFER, seed=epoch_seed)
+                num_parallel_calls=AUTOTUNE, deterministic=True), SHUFFLE_BUFFER, epoch_seed)
         drawn = tf.data.Dataset.from_tensor_slices(draws(n, tf.stack([tf.constant(seed, tf.int64), e]), cfg))
         views = tf.data.Dataset.zip(order, drawn).map(lambda record, draw: (view(record[0], draw, cfg), record[1]),
                                                       num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -283,6 +285,16 @@ def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int
             deterministic=True)
 
     return with_options(tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(AUTOTUNE))
+
+
+def stateless_shuffle(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """(JPEG bytes, label) records shuffled a window at a time by a stateless draw of the seed. tf.data's own
+    shuffle also folds in TensorFlow's global seed, which whatever ran earlier in the process may have set."""
+    def permute(w, record):
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(record[1])[0]), tf.stack([seed, -2 - w]))
+        return tf.gather(record[0], order), tf.gather(record[1], order)
+
+    return records.batch(window).enumerate().map(permute).unbatch()
 
 
 def with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
