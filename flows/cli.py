@@ -39,19 +39,25 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
+    from tasks import lock
     from tasks.step import execute, load_step
 
     cfg = load_config(args.params, args.overrides)
     module = load_step(args.name)
-    summary = execute(module.STEP, module.run, cfg, Path.cwd())
+    with lock.held(Path.cwd(), f"alexnet stage {args.name}", cfg.run.lock_timeout_s):
+        summary = execute(module.STEP, module.run, cfg, Path.cwd())
     print(f"alexnet stage {args.name}: done in {summary['seconds']} s")
     return 0
 
 
 def cmd_serve(args) -> int:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
     from flows.full import alexnet
 
-    alexnet.serve(name=args.name)
+    # One run at a time, the rest queued (not cancelled): the UI shows them waiting for their turn.
+    alexnet.serve(name=args.name, global_limit=ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
     return 0
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
-from tasks import report, versioning
+from tasks import lock, report, versioning
 from tasks.augment import augment_task
 from tasks.config import PARAMS_FILE, load_config
 from tasks.download import download_task
@@ -25,16 +26,19 @@ def alexnet(params_file: str = PARAMS_FILE, overrides: list[str] | None = None) 
         overrides: `key=value` overrides of params, as in `dvc exp run -S`, e.g. `train.epochs=5`.
     """
     cfg = load_config(params_file, overrides)
-    urls = fetch_urls_task.submit(cfg)
-    images = download_task.submit(cfg, wait_for=[urls])
-    split = split_task.submit(cfg, wait_for=[images])
-    augmented = augment_task.submit(cfg, wait_for=[split])
-    model = train_task.submit(cfg, wait_for=[augmented])
-    evaluation = evaluate_task.submit(cfg, wait_for=[model])
-    futures = {"fetch_urls": urls, "download": images, "split": split, "augment": augmented,
-               "train": model, "evaluate": evaluation}
-    summaries = {name: future.result() for name, future in futures.items()}
-    keys = {name: summary["cache_key"] for name, summary in summaries.items()}
-    summaries["dvc"] = versioning.commit(cfg, Path.cwd(), keys)
-    report.publish(summaries, cfg, Path.cwd())
+    # One writer per project folder: a run that overlaps another waits here, then finds its outputs cached.
+    with lock.held(Path.cwd(), f"flow run {flow_run.name!r} ({flow_run.id})", cfg.run.lock_timeout_s,
+                   say=get_run_logger().info):
+        urls = fetch_urls_task.submit(cfg)
+        images = download_task.submit(cfg, wait_for=[urls])
+        split = split_task.submit(cfg, wait_for=[images])
+        augmented = augment_task.submit(cfg, wait_for=[split])
+        model = train_task.submit(cfg, wait_for=[augmented])
+        evaluation = evaluate_task.submit(cfg, wait_for=[model])
+        futures = {"fetch_urls": urls, "download": images, "split": split, "augment": augmented,
+                   "train": model, "evaluate": evaluation}
+        summaries = {name: future.result() for name, future in futures.items()}
+        keys = {name: summary["cache_key"] for name, summary in summaries.items()}
+        summaries["dvc"] = versioning.commit(cfg, Path.cwd(), keys)
+        report.publish(summaries, cfg, Path.cwd())
     return summaries

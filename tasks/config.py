@@ -319,6 +319,12 @@ class Dvc(Section):
     remote: str | None = None
 
 
+class Run(Section):
+    # How long a run waits for another run writing the same project folder (a flow run,
+    # or `alexnet stage` under `dvc repro`) before it gives up; 0: give up at once.
+    lock_timeout_s: float = Field(default=86_400.0, ge=0)
+
+
 class Config(Section):
     base: Base = Base()
     data: Data = Data()
@@ -329,6 +335,7 @@ class Config(Section):
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     dvc: Dvc = Dvc()
+    run: Run = Run()
 
     def section(self, name: str) -> dict[str, Any]:
         return getattr(self, name).model_dump(mode="json")

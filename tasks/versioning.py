@@ -25,6 +25,7 @@ from tasks.config import PARAMS_FILE, Config, ConfigError, load_config
 from tasks.step import STATE_DIR, STEP_NAMES, StepError, load_step, recorded_outputs
 
 SYNCED = STATE_DIR / "dvc-synced.json"  # what the last commit (and push) recorded
+DVC_BUSY = "Unable to acquire lock"  # DVC's words when another dvc process has the repository
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,12 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
     start = time.monotonic()
     if stages:
         done = dvc("commit", "--force", *stages, workdir=workdir)
+        if done.returncode != 0 and DVC_BUSY in done.stderr + done.stdout:
+            # Not waiting: a `dvc repro` holding DVC's lock may be waiting for this run's lock to be released.
+            busy = ("DVC is busy (another dvc command, such as `dvc repro`, has this repository): nothing "
+                    "committed; `dvc repro` records the stages it runs, or run `dvc commit` once it is done")
+            log.warning(busy)
+            return {"committed": [], "pushed": [], "note": busy}
         if done.returncode != 0:
             raise StepError(f"dvc commit failed: {dvc_message(done)}")
     pushed = []

@@ -7,13 +7,20 @@ ran (`Completed`) and which were reused (`Cached`).
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 
 from conftest import free_port, latest_flow_run, make_project, run, task_states, tiny_params
-from tasks import paths
+from tasks import lock, paths
 from tasks.step import STEP_NAMES
 
 pytestmark = pytest.mark.slow
@@ -31,10 +38,11 @@ def project(prefect_server, tmp_path_factory):
         args = ["alexnet", "run"]
         for override in overrides:
             args += ["-S", override]
-        done.output = run(args, project, env=env).stdout
+        finished = run(args, project, env=env)
+        done.output = finished.stdout + finished.stderr
         return task_states(prefect_server.api, latest_flow_run(prefect_server.api)["id"])
 
-    done = SimpleNamespace(dir=project, flow=flow, output="")
+    done = SimpleNamespace(dir=project, env=env, flow=flow, output="")
     assert flow() == dict.fromkeys(STEP_NAMES, "Completed")
     return done
 
@@ -118,3 +126,61 @@ def test_a_changed_step_module_reruns_that_step_and_what_its_output_feeds(projec
 def test_results_live_in_the_project(project):
     results = list((project.dir / ".alexnet" / "results").iterdir())
     assert len(results) >= len(STEP_NAMES)
+
+
+def wait_for_holder(project, process) -> dict:
+    """What the lock file says once `process` holds the project folder's lock."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            found = json.loads((project.dir / lock.LOCK).read_text())
+        except (OSError, ValueError):
+            found = {}
+        if found.get("pid") == process.pid:
+            return found
+        time.sleep(0.2)
+    raise AssertionError("the run never took the lock")
+
+
+def test_two_runs_at_once_take_turns_and_leave_one_complete_run(project):
+    first = subprocess.Popen(["alexnet", "run", "-S", "train.epochs=3"], cwd=project.dir, env=project.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    holder = wait_for_holder(project, first)
+    assert holder["who"].startswith("flow run ")
+    second = subprocess.Popen(["alexnet", "run"], cwd=project.dir, env=project.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    # The second said once whom it waited for, then ran after the first: its train saw the first's model and
+    # made its own, so the outputs are those of the second run, whole, and DVC recorded them.
+    assert outputs[1].count("waiting for flow run") == 1 and holder["who"] in outputs[1], outputs[1]
+    assert "has finished; going on" in outputs[1]
+    history = (project.dir / "metrics" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 2  # header + params.yaml's epochs, not the first run's 3
+    assert project.flow() == CACHED
+    assert run([sys.executable, "-m", "dvc", "status"], project.dir).stdout.strip() == \
+        "Data and pipelines are up to date."
+
+
+def test_a_run_killed_while_holding_the_lock_does_not_block_the_next(project):
+    killed = subprocess.Popen(["alexnet", "run", "-S", "train.epochs=3"], cwd=project.dir, env=project.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for_holder(project, killed)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(30)
+    start = time.monotonic()
+    states = project.flow()
+    assert "waiting for" not in project.output and time.monotonic() - start < 300
+    assert set(states.values()) <= {"Cached", "Completed"}
+    assert project.flow() == CACHED
+
+
+def test_readers_never_wait_for_the_lock(project, tmp_path):
+    image = tmp_path / "ship.jpg"
+    cv2.imwrite(str(image), np.full((90, 120, 3), 128, np.uint8))
+    with lock.held(project.dir, "a test holding the folder", timeout_s=0):
+        predicted = run(["alexnet", "predict", str(image)], project.dir, env=project.env, timeout=180)
+        assert str(image) in predicted.stdout
+        run([sys.executable, "-m", "dvc", "status"], project.dir, timeout=120)
+        run([sys.executable, "-m", "dvc", "metrics", "show"], project.dir, timeout=120)

@@ -6,11 +6,12 @@ import os
 import re
 import shutil
 import sys
+import time
 
 import pytest
 import requests
 
-from conftest import Service, chunk_states, make_project, run, task_states, tiny_params
+from conftest import API, AUTH_STRING, Service, chunk_states, make_project, run, task_states, tiny_params
 from tasks.step import STEP_NAMES
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def served(prefect_server, tmp_path_factory):
     serve = Service(["alexnet", "serve"], project, env, project.parent / "serve.log")
 
     def registered() -> bool:
-        return requests.get(f"{prefect_server.api}/deployments/name/alexnet/full", timeout=5).ok
+        return API.get(f"{prefect_server.api}/deployments/name/alexnet/full", timeout=5).ok
 
     try:
         serve.wait_until(registered, 180, "alexnet serve")
@@ -53,7 +54,7 @@ def deployment_run(served, *params: str) -> tuple[str, str]:
 
 def test_deployment_run_completes_with_one_task_per_step_and_dvc_in_sync(served):
     flow_run_id, _ = deployment_run(served)
-    flow_run = requests.get(f"{served.api}/flow_runs/{flow_run_id}", timeout=10).json()
+    flow_run = API.get(f"{served.api}/flow_runs/{flow_run_id}", timeout=10).json()
     assert flow_run["state"]["type"] == "COMPLETED"
     assert flow_run["parameters"] == {}  # the defaults: params.yaml, no overrides
     assert task_states(served.api, flow_run_id) == {name: "Completed" for name in STEP_NAMES}
@@ -85,8 +86,45 @@ def test_rerun_is_all_cached_and_a_train_param_reruns_only_train_and_evaluate(se
     assert "train:" in status and "evaluate:" in status and "split:" not in status
 
 
+def test_the_server_answers_401_without_the_auth_string(served):
+    query = {"limit": 1}
+    assert requests.post(f"{served.api}/flow_runs/filter", json=query, timeout=10).status_code == 401
+    wrong = (AUTH_STRING.split(":")[0], "not-the-password")
+    assert requests.post(f"{served.api}/flow_runs/filter", json=query, auth=wrong, timeout=10).status_code == 401
+    assert API.post(f"{served.api}/flow_runs/filter", json=query, timeout=10).status_code == 200
+    # ...and so does the CLI without it, rather than acting on the server.
+    env = {k: v for k, v in served.env.items() if k != "PREFECT_API_AUTH_STRING"}
+    refused = run(["prefect", "deployment", "run", "alexnet/full"], served.project, env=env, check=False)
+    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr
+
+
+def flow_run(api: str, flow_run_id: str) -> dict:
+    return API.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+
+
+def test_runs_triggered_together_are_queued_by_the_concurrency_limit(served):
+    deployment = API.get(f"{served.api}/deployments/name/alexnet/full", timeout=10).json()
+    assert deployment["global_concurrency_limit"]["limit"] == 1
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    ids = []
+    for epochs in (1, 2):  # a change for train, so that both runs train
+        done = run(["prefect", "deployment", "run", "alexnet/full", "-p", f'overrides=["train.epochs={epochs}"]'],
+                   served.project, env=served.env)
+        ids.append(re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1))
+    deadline = time.monotonic() + 600
+    while not all(flow_run(served.api, i)["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") for i in ids):
+        assert time.monotonic() < deadline, served.output()[-4000:]
+        time.sleep(1)
+    first, second = sorted((flow_run(served.api, i) for i in ids), key=lambda r: r["start_time"])
+    assert [first["state"]["name"], second["state"]["name"]] == ["Completed", "Completed"], served.output()[-4000:]
+    assert second["start_time"] >= first["end_time"]  # held until the first had ended...
+    states = API.get(f"{served.api}/flow_run_states/", params={"flow_run_id": second["id"]}, timeout=10).json()
+    assert "AwaitingConcurrencySlot" in [s["name"] for s in states]  # ...by the deployment's limit
+    assert task_states(served.api, second["id"])["train"] == "Completed"
+
+
 def test_deployment_parameters_have_descriptions(served):
-    deployment = requests.get(f"{served.api}/deployments/name/alexnet/full", timeout=10).json()
+    deployment = API.get(f"{served.api}/deployments/name/alexnet/full", timeout=10).json()
     properties = deployment["parameter_openapi_schema"]["properties"]
     assert set(properties) == {"params_file", "overrides"}
     assert "params file" in properties["params_file"]["description"]
@@ -107,8 +145,12 @@ def test_prefect_ui_shows_the_run_its_steps_and_metrics(served, tmp_path):
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
-            page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
             try:
+                page.goto(ui)  # the server asks for its auth string, as a team's server does
+                page.get_by_placeholder("admin:pass").fill(AUTH_STRING)
+                page.get_by_role("button", name="Login").click()
+                page.wait_for_url(lambda url: "login" not in url, timeout=30_000)
+                page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
                 page.get_by_text("Completed").first.wait_for(timeout=60_000)
                 page.get_by_text("Task Runs", exact=True).first.click()
                 for name in STEP_NAMES:  # the task-run list links each run, named <step>-<suffix>

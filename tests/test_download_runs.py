@@ -12,10 +12,9 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-import requests
 import yaml
 
-from conftest import run
+from conftest import API, run
 from hostile import HostileServer
 from tasks import download, downloader, files, paths
 from tasks.config import load_config
@@ -125,10 +124,10 @@ if __name__ == "__main__":  # Dask's worker processes import this file
 
 
 def task_runs(api: str, flow_run_name: str) -> list[dict]:
-    flows = requests.post(f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [flow_run_name]}}},
-                          timeout=10).json()
+    flows = API.post(f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [flow_run_name]}}},
+                     timeout=10).json()
     body = {"flow_runs": {"id": {"any_": [f["id"] for f in flows]}}}
-    return requests.post(f"{api}/task_runs/filter", json=body, timeout=10).json()
+    return API.post(f"{api}/task_runs/filter", json=body, timeout=10).json()
 
 
 @pytest.mark.parametrize("runner", ["thread", "process", "dask"])

@@ -54,6 +54,24 @@ def test_a_failed_dvc_command_in_a_flow_run_reports_dvcs_own_message(tmp_path):
         versioning.commit(load_config(project / "params.yaml"), project)
 
 
+def test_a_flow_run_does_not_wait_for_a_dvc_command_that_has_the_repository(tmp_path):
+    """A `dvc repro` holding DVC's lock may be waiting for the flow run's own: the commit is skipped with a note."""
+    import zc.lockfile
+
+    from tasks import versioning
+    from tasks.config import load_config
+
+    project = make_project(tmp_path, tiny_params(free_port()))
+    (project / ".dvc" / "tmp").mkdir(exist_ok=True)
+    held = zc.lockfile.LockFile(str(project / ".dvc" / "tmp" / "lock"))  # DVC's repository lock, as dvc takes it
+    try:
+        result = versioning.commit(load_config(project / "params.yaml"), project, {"fetch_urls": "k"})
+    finally:
+        held.close()
+    assert result["committed"] == [] and result["note"].startswith("DVC is busy")
+    assert not (project / versioning.SYNCED).exists()  # nothing recorded as in sync
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """A committed project after its first `dvc repro`, and that command's output."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Service, free_port, make_project, run, task_states, tiny_params
+from conftest import API, Service, free_port, make_project, run, task_states, tiny_params
 from tasks.step import STEP_NAMES
 
 pytestmark = pytest.mark.slow
@@ -17,6 +17,9 @@ def test_deploy_and_worker_run_the_deployment(prefect_server, tmp_path):
     run(["prefect", "work-pool", "create", "alexnet", "--type", "process", "--overwrite"], project, env=env)
     deployed = run(["prefect", "--no-prompt", "deploy", "--all"], project, env=env)
     assert "alexnet/full" in deployed.stdout.replace("'", "")
+    deployment = API.get(f"{prefect_server.api}/deployments/name/alexnet/full", timeout=10).json()
+    assert deployment["global_concurrency_limit"]["limit"] == 1  # prefect.yaml's limit: runs queue for the folder
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     worker = Service(["prefect", "worker", "start", "--pool", "alexnet"], project, env, tmp_path / "worker.log")
     try:
         done = run(["prefect", "deployment", "run", "alexnet/full", "--watch", "--watch-timeout", "600"], project,
