@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 import time
+from datetime import datetime
 
 import pytest
 import requests
@@ -102,6 +103,10 @@ def flow_run(api: str, flow_run_id: str) -> dict:
     return API.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
 
 
+def at(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp)
+
+
 def test_runs_triggered_together_are_queued_by_the_concurrency_limit(served):
     deployment = API.get(f"{served.api}/deployments/name/alexnet/full", timeout=10).json()
     assert deployment["global_concurrency_limit"]["limit"] == 1
@@ -116,11 +121,11 @@ def test_runs_triggered_together_are_queued_by_the_concurrency_limit(served):
     while not all(flow_run(served.api, i)["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") for i in ids):
         assert time.monotonic() < deadline, served.output()[-4000:]
         time.sleep(1)
-    first, second = sorted((flow_run(served.api, i) for i in ids), key=lambda r: r["start_time"])
+    first, second = sorted((flow_run(served.api, i) for i in ids), key=lambda r: at(r["start_time"]))
     assert [first["state"]["name"], second["state"]["name"]] == ["Completed", "Completed"], served.output()[-4000:]
-    assert second["start_time"] >= first["end_time"]  # held until the first had ended...
+    assert at(second["start_time"]) >= at(first["end_time"])  # held...
     states = API.get(f"{served.api}/flow_run_states/", params={"flow_run_id": second["id"]}, timeout=10).json()
-    assert "AwaitingConcurrencySlot" in [s["name"] for s in states]  # ...by the deployment's limit
+    assert "AwaitingConcurrencySlot" in [s["name"] for s in states]  # ...until the first ended, by the limit
     assert task_states(served.api, second["id"])["train"] == "Completed"
 
 
