@@ -196,8 +196,9 @@ def run(cfg: Config, workdir: Path) -> Summary:
         prune(workdir, ledger)
         records.keep(ledger.fetched("ok"))  # as pruning left them
         write_index(workdir / paths.IMAGE_INDEX, ledger.index())
+        names = cfg.data.display_names()
         files.write_csv(workdir / paths.CLASS_NAMES, pd.DataFrame(
-            [(key, spec.wnid or "", spec.name or key) for key, spec in cfg.data.classes.items()],
+            [(key, spec.wnid or "", names[key]) for key, spec in cfg.data.classes.items()],
             columns=["class", "wnid", "name"]))
         write_rows(workdir / paths.MANIFEST, ledger.manifest())
         counts = ledger.outcomes()

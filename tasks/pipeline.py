@@ -85,6 +85,11 @@ def decode_window(data: tf.Tensor, top: tf.Tensor, left: tf.Tensor, size: int) -
 # stateless, of shape [2].
 
 
+def warped(cfg: Augment) -> bool:
+    """Does the `seed` policy's warp apply (it needs the whole image, and the batch)?"""
+    return cfg.policy == "seed" and max(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom) > 0
+
+
 def draws(count: tf.Tensor, seed: tf.Tensor, cfg: Augment) -> tf.Tensor:
     """Each image's random draws as [count, 3] int32: the crop's top and left (uniform over the image for
     the `paper` policy's random crops, else the centre), and whether to mirror it (1 with probability 1/2
@@ -103,7 +108,7 @@ def view(data: tf.Tensor, draw: tf.Tensor, cfg: Augment) -> tf.Tensor:
     """One canonical JPEG's training view before the batch stage, as uint8, by its `draws` row: for `paper`
     and `none`, the crop_size window decoded alone (mirrored if drawn); for `seed`, the whole image (the
     warp needs it)."""
-    if cfg.policy == "seed" and max(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom) > 0:
+    if warped(cfg):
         return tf.ensure_shape(decode(data), [cfg.image_size, cfg.image_size, 3])
     image = decode_window(data, draw[0], draw[1], cfg.crop_size)
     return tf.cond(draw[2] > 0, lambda: tf.reverse(image, [1]), lambda: image)
@@ -113,7 +118,7 @@ def finish(images: tf.Tensor, seed: tf.Tensor, cfg: Augment, stats: dict) -> tup
     """A batch of views [B, H, W, 3] as training takes it: (uint8 pixels [B, crop, crop, 3], RGB shifts
     [B, 3]): the paper's colour shifts (zero without them), after the tutorial's warp for the `seed` policy."""
     count = tf.shape(images)[0]
-    if cfg.policy == "seed" and max(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom) > 0:
+    if warped(cfg):
         images = affine(images, seed, cfg, cfg.crop_size)
     if cfg.policy == "paper" and cfg.pca_std > 0:
         return images, colour_shifts(count, seed, cfg.pca_std, stats)

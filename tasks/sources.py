@@ -243,6 +243,11 @@ def local_copy(location: str, client: web.Fetcher, workdir: Path, what: str) -> 
 # --- archives ------------------------------------------------------------------
 
 
+def class_folders(data: Data, names) -> dict[str, str]:
+    """{folder name: class} for archive and folder sources: a class's `folder`, else its wnid, else its key."""
+    return {(data.classes[n].folder or data.classes[n].wnid or n): n for n in names}
+
+
 def _class_of(name: str, folders: dict[str, str]) -> str | None:
     """The class whose folder name is one of the member's directories."""
     for part in PurePosixPath(name).parts[:-1]:
@@ -352,7 +357,7 @@ def _html(data: Data, names, client, workdir) -> dict[str, list[str]]:
 
 def _archive(data: Data, names, client, workdir) -> dict[str, list[str]]:
     """An uncompressed local tar is read in place; anything else is repacked once into data/urls/archive.tar."""
-    folders = {(data.classes[n].folder or data.classes[n].wnid or n): n for n in names}
+    folders = class_folders(data, names)
     with local_copy(data.archive, client, workdir, "the archive") as path:
         if not is_url(data.archive) and archives.is_plain_tar(path):
             return archive_lists(path, archives.members(path), folders, workdir)
@@ -390,7 +395,7 @@ def _folder(data: Data, names, client, workdir) -> dict[str, list[str]]:
     if not data.folder:
         return {name: list_folder(folder_of(data, name, workdir), workdir) for name in names}
     root = workdir / data.folder
-    searched = {(data.classes[n].folder or data.classes[n].wnid or n): n for n in names}
+    searched = class_folders(data, names)
     lists: dict[str, list[str]] = {name: [] for name in names}
     for folder, subfolders, _ in os.walk(root):
         if (name := searched.get(os.path.basename(folder))) is not None and folder != str(root):
