@@ -157,6 +157,7 @@ def _any_members(archive: Path) -> Iterator[tuple[str, int, bool, Callable]]:
     try:
         with tarfile.open(archive) as tar:
             for member in tar:  # streamed: a .tar.gz is read once, front to back
+                tar.members.clear()  # as in members(): not every header of a million-image archive kept
                 yield member.name, member.size, member.isfile(), lambda m=member: tar.extractfile(m)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ArchiveError(f"{archive.name}: not a readable .tar, .tar.gz or .zip archive ({exc})") from None
