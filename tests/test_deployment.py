@@ -28,7 +28,8 @@ def served(prefect_server, tmp_path_factory):
 
     project = make_project(tmp_path_factory.mktemp("project"), tiny_params(free_port(), dvc={"push": True}))
     run([sys.executable, "-m", "dvc", "remote", "add", "--default", "store", str(project.parent / "store")], project)
-    env = {**prefect_server.env, "PREFECT_HOME": str(project / ".prefect-home")}
+    # The runner looks for runs every second (not 10): runs triggered together are seen while both are due.
+    env = {**prefect_server.env, "PREFECT_HOME": str(project / ".prefect-home"), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     serve = Service(["alexnet", "serve"], project, env, project.parent / "serve.log")
 
     def registered() -> bool:
@@ -112,8 +113,9 @@ def test_runs_triggered_together_are_queued_by_the_concurrency_limit(served):
     assert deployment["global_concurrency_limit"]["limit"] == 1
     assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     ids = []
-    # Epochs other than each other's and params.yaml's: the second run trains, and so does the next test's run.
-    for epochs in (1, 3):
+    # Epochs other than each other's, the last test's (1) and params.yaml's (2): both runs train (the first one
+    # lasts while the second is due), and so does the next test's run.
+    for epochs in (3, 4):
         done = run(["prefect", "deployment", "run", "alexnet/full", "-p", f'overrides=["train.epochs={epochs}"]'],
                    served.project, env=served.env)
         ids.append(re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1))
