@@ -15,7 +15,7 @@ The concurrent clients keep the same number of downloads in flight (512):
   other (a 200-URL sample: it is slow);
 - img2dataset: 2 processes x 256 threads, resizing like this project (longer side
   to 512 only if bigger, no re-encoding otherwise), sha256 like this project;
-- for reference, this project's fetcher alone (`tasks.web.Fetcher`, 512 in flight):
+- for reference, this project's fetcher alone (`tasks.acquire.web.Fetcher`, 512 in flight):
   the same fetches with nothing done to the bodies, which shows how much of the
   step's time is the network and how much decoding, hashing and writing.
 
@@ -73,7 +73,7 @@ def serve(port: int) -> None:
     runs on (about 0.05 ms of CPU a request, against 0.3 for http.server's threads).
     """
     sys.path.insert(0, str(REPO))
-    from tasks import demo_images
+    from tasks.acquire import demo_images
 
     bases = [demo_images.encode(demo_images.render(("ship", "bicycle")[i % 2], i), "jpg") for i in range(BASE_IMAGES)]
 
@@ -164,8 +164,9 @@ class PeakMemory:
 
 def client_project(urls: list[str], out: Path, processes: int) -> tuple[int, float, float]:
     sys.path.insert(0, str(REPO))
-    from tasks import download, files, paths
-    from tasks.config import validate
+    from tasks import download, paths
+    from tasks.params import validate
+    from tasks.storage import files
 
     half = len(urls) // 2
     for cls, part in (("ships", urls[:half]), ("bikes", urls[half:])):
@@ -185,7 +186,7 @@ def client_fetcher(urls: list[str], out: Path) -> tuple[int, float, float]:
     sys.path.insert(0, str(REPO))
     from concurrent.futures import wait
 
-    from tasks import web
+    from tasks.acquire import web
 
     start, cpu = time.monotonic(), cpu_s()
     with web.Fetcher(web.Limits(in_flight=IN_FLIGHT, per_host=IN_FLIGHT, allowed_hosts=frozenset({"127.0.0.1"}))) as f:

@@ -1,7 +1,7 @@
 """AlexNet's training speed on a GPU: the project's Keras model on JAX against PyTorch, bfloat16 and float32.
 
 Needs Keras 3, JAX and PyTorch only, not TensorFlow (a GPU machine often has those
-and not TensorFlow): the project's model (`tasks/model.py`, written with
+and not TensorFlow): the project's model (`tasks/learning/model.py`, written with
 `keras.ops` alone) is built with `KERAS_BACKEND=jax` and trained with the paper's
 SGD on synthetic 227x227 batches held on the device, in float32 and with Keras's
 `mixed_bfloat16` policy; a PyTorch AlexNet of the same architecture (60,965,224
@@ -44,7 +44,7 @@ def keras_rate(name: str, batch: int, warmup: int, steps: int) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(REPO))
-    from tasks import model
+    from tasks.learning import model
 
     if name.endswith("bfloat16"):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -62,7 +62,6 @@ def keras_rate(name: str, batch: int, warmup: int, steps: int) -> dict:
 def torch_rate(name: str, batch: int, warmup: int, steps: int) -> dict:
     import torch
     from torch import nn
-
     from train_step import torch_alexnet
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,7 +7,7 @@ interleaved rounds:
 - the decode limit: every core decoding the shard's JPEGs in full and nothing else,
   with TensorFlow's decoder in tf.data and with OpenCV on a thread per core (the
   faster of the two is the limit);
-- the training pipeline (`tasks.pipeline.training_set`) with the `paper` policy at
+- the training pipeline (`tasks.learning.pipeline.training_set`) with the `paper` policy at
   227x227 (random crop, flip, PCA colour shift) and with the `seed` policy (the
   tutorial's warp), batches of 128, and its ratio to the limit (target: 0.70 or more
   for `paper`);
@@ -39,8 +39,11 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks import canonical, demo_images, pipeline, shards  # noqa: E402
-from tasks.config import Augment, validate  # noqa: E402
+from tasks.acquire import demo_images  # noqa: E402
+from tasks.config import Augment  # noqa: E402
+from tasks.learning import pipeline
+from tasks.params import validate
+from tasks.storage import canonical, shards
 
 BATCH, SIZE, CROP = 128, 256, 227
 EPOCHS = 2  # per measurement, so start-up costs weigh little

@@ -2,7 +2,7 @@
 
 No downloads: made-up URL lists and fetched rows (a quarter of them failed, one
 image in ten repeated within its class, a few under two classes) go through what the
-download step does with them: lists and chunk records into the ledger (`tasks.ledger`),
+download step does with them: lists and chunk records into the ledger (`tasks.acquire.ledger`),
 the plan with growing windows (`data.images_per_class` of 60% of each list), the
 pending chunks, the merge, the manifest written out, and every kept image looked up.
 Each size runs in a fresh process. The baseline is the same process's memory after
@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tasks import download  # noqa: E402  (after the path: the project's own modules)
+from tasks.acquire.downloader import Records, Row, write_rows  # noqa: E402
+from tasks.acquire.ledger import Ledger  # noqa: E402
 from tasks.config import Download  # noqa: E402
-from tasks.downloader import Records, Row, write_rows  # noqa: E402
-from tasks.ledger import Ledger  # noqa: E402
 
 CLASSES = 10
 

@@ -9,7 +9,7 @@ since timings on a shared machine drift. Ratios are against PyTorch in float32.
     python bench/train_step.py                    # every configuration, 2 rounds
     python bench/train_step.py --only keras torch --rounds 3 --batch 128
 
-Configurations: `keras` is the project's model (tasks/model.py) as training runs
+Configurations: `keras` is the project's model (tasks/learning/model.py) as training runs
 it; the others change one thing each, to show what it costs or gains.
 """
 
@@ -43,7 +43,7 @@ CONFIGS = {
 
 
 def torch_alexnet(classes: int = CLASSES):
-    """The paper's AlexNet in PyTorch, layer for layer the project's (tasks/model.py)."""
+    """The paper's AlexNet in PyTorch, layer for layer the project's (tasks/learning/model.py)."""
     from torch import nn
 
     def conv(cin, cout, k, groups=1, **kw):
@@ -100,7 +100,7 @@ def keras_rate(name: str, warmup: int, steps: int) -> float:
     import tensorflow as tf
 
     sys.path.insert(0, str(REPO))
-    from tasks import model
+    from tasks.learning import model
 
     if name == "keras-inter-op-1":
         tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from tasks.config import PARAMS_FILE, ConfigError, Model, load_config
+from tasks.config import Model
+from tasks.params import PARAMS_FILE, ConfigError, load_config
 from tasks.step import STEP_NAMES, StepError
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -31,7 +32,7 @@ def _positive(text: str) -> int:
 def cmd_run(args) -> int:
     load_config(args.params, args.overrides)  # fail fast, before Prefect starts
     from flows.full import alexnet
-    from tasks import report
+    from tasks.running import report
 
     summaries = alexnet(params_file=args.params, overrides=args.overrides)
     print(report.text(summaries))
@@ -39,8 +40,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from tasks import lock
-    from tasks.step import execute, load_step
+    from tasks.running import lock
+    from tasks.running.task import execute
+    from tasks.step import load_step
 
     cfg = load_config(args.params, args.overrides)
     module = load_step(args.name)
@@ -62,7 +64,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_mirror(args) -> int:
-    from tasks import mirror
+    from tasks.acquire import mirror
 
     cfg = load_config(args.params, args.overrides)
     host, port = mirror.host_port(cfg.data.url_list_endpoint)
@@ -77,7 +79,7 @@ def cmd_mirror(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tasks.predict import classify, table
+    from tasks.learning.predict import classify, table
 
     model_path = Path(args.model)
     for required in (model_path, model_path.with_suffix(".json")):
@@ -95,7 +97,7 @@ def cmd_predict(args) -> int:
 def cmd_images(args) -> int:
     import itertools
 
-    from tasks.extract import copy_out, matching
+    from tasks.storage.extract import copy_out, matching
 
     rows = matching(Path.cwd(), "canonical" if args.canonical else "downloaded", args.classes, args.digests,
                     args.subset)
@@ -113,7 +115,7 @@ def cmd_images(args) -> int:
 
 
 def cmd_model(args) -> int:
-    from tasks.model import build
+    from tasks.learning.model import build
 
     build(args.classes, variant=args.variant, input_size=args.input_size, width=args.width, init=args.init).summary()
     return 0

@@ -7,12 +7,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks import lock, report, versioning
 from tasks.augment import augment_task
-from tasks.config import PARAMS_FILE, load_config
 from tasks.download import download_task
 from tasks.evaluate import evaluate_task
 from tasks.fetch_urls import fetch_urls_task
+from tasks.params import PARAMS_FILE, load_config
+from tasks.running import lock, report, versioning
 from tasks.split import split_task
 from tasks.train import train_task
 

@@ -1,11 +1,11 @@
 """augment: canonical training-ready images as shards, colour statistics and a preview.
 
 As in the paper, each image's shorter side is resized to `augment.image_size` and
-the centre square is kept (`tasks.canonical`). The images go into shards of about
+the centre square is kept (`tasks.storage.canonical`). The images go into shards of about
 `augment.shard_size`, per subset, each image to the shard its digest draws, stored in
 digest order: every shard mixes all classes, so a training pipeline that reads a
 few shards at a time still sees them all. Each shard is one chunk of work, run where
-`augment.task_runner` says (`tasks.runners`), and a run resumes from the chunks it
+`augment.task_runner` says (`tasks.running.runners`), and a run resumes from the chunks it
 has. The training set's RGB mean, standard deviation and principal components (for
 the PCA colour augmentation) go to stats.json. The random transforms of
 `augment.policy` happen online in the input pipeline; the preview plot shows
@@ -26,11 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import canonical, files, paths, pipeline, runners, shards
-from tasks.canonical import Chunk, augment_chunk
+from tasks import paths
 from tasks.config import Config
-from tasks.progress import Progress
-from tasks.step import Step, StepError, Summary, code_closure, step_task
+from tasks.learning import pipeline
+from tasks.running import runners
+from tasks.running.progress import Progress
+from tasks.running.task import step_task
+from tasks.step import Step, StepError, Summary, code_closure
+from tasks.storage import canonical, files, shards
+from tasks.storage.canonical import Chunk, augment_chunk
 
 STEP = Step(
     name="augment",

@@ -1,22 +1,22 @@
 """download: fetch every listed URL, keep the ones that decode as images.
 
-Reader (URL lists) -> plan (which URLs, in chunks) -> fetcher (`tasks.web`:
-bounded, streamed, retried, address-checked) -> validator (`tasks.images`) ->
+Reader (URL lists) -> plan (which URLs, in chunks) -> fetcher (`tasks.acquire.web`:
+bounded, streamed, retried, address-checked) -> validator (`tasks.acquire.images`) ->
 writer (a shard per chunk) -> merge (caps, duplicates, label conflicts) ->
 manifest (one row per class and URL, with a reason for every URL that gave no
 image) and the image index (one row per kept image: where it is in which shard).
 Individual failures never fail the step; a class left with too few good images does.
 
-Work is cut into chunks (`tasks.downloader` fetches, validates and stores them as
+Work is cut into chunks (`tasks.acquire.downloader` fetches, validates and stores them as
 one shard; each records its rows, so a run killed at any moment resumes where it
-stopped). `download.task_runner` says where chunks run (`tasks.runners`); in a
+stopped). `download.task_runner` says where chunks run (`tasks.running.runners`); in a
 Prefect run each chunk is a `download_chunk` task.
 
 Only the first `data.images_per_class` good images of a class (in list order) are
 kept, so URLs are planned in growing windows from the top of each list until
 every class has enough or its list runs out; the windows depend only on the
 outcomes, never on timing, so a resumed run plans what an uninterrupted one did.
-Planning and the merge are queries over an on-disk ledger (`tasks.ledger`), so
+Planning and the merge are queries over an on-disk ledger (`tasks.acquire.ledger`), so
 the step's memory does not grow with the number of URLs.
 """
 
@@ -36,12 +36,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks import downloader, files, paths, report, runners, shards, sources
+from tasks import paths
+from tasks.acquire import downloader, mirror, sources
+from tasks.acquire.downloader import Chunk, Records, download_chunk, write_rows
+from tasks.acquire.ledger import INDEX_COLUMNS, Ledger
 from tasks.config import Config
-from tasks.downloader import Chunk, Records, download_chunk, write_rows
-from tasks.ledger import INDEX_COLUMNS, Ledger
-from tasks.progress import Progress
-from tasks.step import Step, StepError, Summary, step_task
+from tasks.running import report, runners
+from tasks.running.progress import Progress
+from tasks.running.task import step_task
+from tasks.step import Step, StepError, Summary
+from tasks.storage import files, shards
 
 STEP = Step(
     name="download",
@@ -167,7 +171,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
     cap = cfg.data.images_per_class
     # Enough chunks at once that a chunk's slowest URL never leaves the threads idle.
     in_flight = max(2, 2 * math.ceil(cfg.download.workers / cfg.download.chunk_size))
-    with Ledger(records.folder / "ledger.sqlite") as ledger, long_lived_objects_frozen():
+    with (Ledger(records.folder / "ledger.sqlite") as ledger, long_lived_objects_frozen(),
+          mirror.serving_if_needed(cfg.data)):  # the demo source, when nothing else answers there
         for cls in cfg.data.classes:
             ledger.add_list(cls, url_list(workdir, cls))
         records.start(ledger)

@@ -23,9 +23,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import files, model, paths, pipeline, shards  # noqa: F401  (model registers the custom layers)
+from tasks import paths
 from tasks.config import Config
-from tasks.step import Step, StepError, Summary, step_task
+from tasks.learning import model, pipeline  # noqa: F401  (model registers the custom layers)
+from tasks.running.task import step_task
+from tasks.step import Step, StepError, Summary
+from tasks.storage import files, shards
 
 STEP = Step(
     name="evaluate",

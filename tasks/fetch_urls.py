@@ -1,7 +1,7 @@
 """fetch_urls: one list of image URLs per class, from the configured sources.
 
 The sources (ImageNet's endpoint, URL-list files, web pages, archives, local
-folders) and their parsers are in `tasks.sources`; this step writes what they
+folders) and their parsers are in `tasks.acquire.sources`; this step writes what they
 list to data/urls/<class>.txt, one entry per line.
 """
 
@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks import files, paths, report, sources
+from tasks import paths
+from tasks.acquire import mirror, sources
 from tasks.config import Config
-from tasks.step import Step, Summary, step_task
+from tasks.running import report
+from tasks.running.task import step_task
+from tasks.step import Step, Summary
+from tasks.storage import files
 
 STEP = Step(
     name="fetch_urls",
@@ -27,7 +31,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
     """Write data/urls/<class>.txt for every configured class."""
     out = workdir / paths.URLS
     files.remove_stale_temps(out)
-    lists = sources.class_lists(cfg.data, workdir)
+    with mirror.serving_if_needed(cfg.data):  # the demo source, when nothing else answers there
+        lists = sources.class_lists(cfg.data, workdir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in set(out.glob("*.txt")) - {out / f"{name}.txt" for name in lists}:
         stale.unlink()  # a class removed from params must not linger in the output

@@ -18,9 +18,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from tasks import files, paths, report
+from tasks import paths
 from tasks.config import Config
-from tasks.step import Step, StepError, Summary, step_task
+from tasks.running import report
+from tasks.running.task import step_task
+from tasks.step import Step, StepError, Summary
+from tasks.storage import files
 
 STEP = Step(
     name="split",

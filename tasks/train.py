@@ -1,7 +1,7 @@
 """train: fit AlexNet on the augmented training set, save models/alexnet.h5.
 
 The saved model normalises its own input, so it takes RGB pixels in [0, 255] and
-reloads with `keras.models.load_model` after `import tasks.model`. A model card
+reloads with `keras.models.load_model` after `import tasks.learning.model`. A model card
 beside it records what it was trained on. Training runs on every visible GPU
 (MirroredStrategy), with mixed precision and XLA where they pay, and checkpoints
 every epoch: a run killed at any point and started again resumes from its last
@@ -24,10 +24,13 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from tasks import files, model, paths, pipeline
+from tasks import paths
 from tasks.config import Config
-from tasks.progress import Progress
-from tasks.step import STATE_DIR, Step, StepError, Summary, step_task
+from tasks.learning import model, pipeline
+from tasks.running.progress import Progress
+from tasks.running.task import step_task
+from tasks.step import Step, StepError, Summary
+from tasks.storage import files
 
 STEP = Step(
     name="train",
@@ -37,7 +40,7 @@ STEP = Step(
 )
 # Outside every declared output, so neither `dvc repro` (which deletes a stage's
 # outputs before running it) nor the Prefect cache check touches it.
-CHECKPOINTS = STATE_DIR / "checkpoints"
+CHECKPOINTS = Path(paths.STATE) / "checkpoints"
 PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
@@ -211,7 +214,7 @@ def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index
     try:
         with distribution.scope():
             net = build_model(cfg, classes, stats)
-            # Batches come as uint8 pixels and colour shifts (tasks.pipeline); the model that
+            # Batches come as uint8 pixels and colour shifts (tasks.learning.pipeline); the model that
             # takes them shares its weights with `net`, which is what is saved.
             trainer = compile_model(pipeline.training_model(net), cfg, steps)
             done, history = Checkpoint.restore(folder, trainer) if folder else (0, [])

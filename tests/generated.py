@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from tasks import augment, files, paths, shards, split
-from tasks.config import validate
+from tasks import augment, paths, split
+from tasks.params import validate
+from tasks.storage import files, shards
 
 PATTERNS = ("horizontal", "vertical", "diagonal", "checks", "rings", "dots")
 

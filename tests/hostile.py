@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tasks import demo_images
+from tasks.acquire import demo_images
 
 
 def photo(seed: int, size: tuple[int, int] = (96, 128)) -> np.ndarray:

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import free_port, latest_flow_run, make_project, run, task_states, tiny_params
-from tasks import lock, paths
+from tasks import paths
+from tasks.running import lock
 from tasks.step import STEP_NAMES
 
 pytestmark = pytest.mark.slow

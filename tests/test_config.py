@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from conftest import REPO, run
-from tasks.config import Config, ConfigError, apply_overrides, load_config
+from tasks.config import Config
+from tasks.params import ConfigError, apply_overrides, load_config
 
 
 def write(tmp_path, text: str):

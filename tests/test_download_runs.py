@@ -16,8 +16,10 @@ import yaml
 
 from conftest import API, run
 from hostile import HostileServer
-from tasks import download, downloader, files, paths
-from tasks.config import load_config
+from tasks import download, paths
+from tasks.acquire import downloader
+from tasks.params import load_config
+from tasks.storage import files
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +113,7 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_dataset_of_an_uninterr
 SCRIPT = """
 import json
 from prefect import flow
-from tasks.config import load_config
+from tasks.params import load_config
 from tasks.download import download_task
 
 @flow(name="download-only")

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import REPO, free_port, make_project, run, tiny_params
-from tasks import files
 from tasks.step import STEP_NAMES, load_step
+from tasks.storage import files
 
 DVC = [sys.executable, "-m", "dvc"]
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "logs")
@@ -44,8 +44,8 @@ def test_dvc_stages_are_the_six_steps_in_order():
 
 
 def test_a_failed_dvc_command_in_a_flow_run_reports_dvcs_own_message(tmp_path):
-    from tasks import versioning
-    from tasks.config import load_config
+    from tasks.params import load_config
+    from tasks.running import versioning
     from tasks.step import StepError
 
     project = make_project(tmp_path, tiny_params(free_port()))
@@ -58,8 +58,8 @@ def test_a_flow_run_does_not_wait_for_a_dvc_command_that_has_the_repository(tmp_
     """A `dvc repro` holding DVC's lock may be waiting for the flow run's own: the commit is skipped with a note."""
     import zc.lockfile
 
-    from tasks import versioning
-    from tasks.config import load_config
+    from tasks.params import load_config
+    from tasks.running import versioning
 
     project = make_project(tmp_path, tiny_params(free_port()))
     (project / ".dvc" / "tmp").mkdir(exist_ok=True)

@@ -12,9 +12,10 @@ import yaml
 
 import ilsvrc
 from conftest import BIN, merge, tiny_params
-from tasks import archives, augment, download, evaluate, fetch_urls, paths, split, train
-from tasks.config import validate
+from tasks import augment, download, evaluate, fetch_urls, paths, split, train
+from tasks.acquire import archives
 from tasks.errors import StepError
+from tasks.params import validate
 
 pytestmark = pytest.mark.slow
 

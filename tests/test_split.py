@@ -7,7 +7,8 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks import files, split
+from tasks import split
+from tasks.storage import files
 
 digests = st.integers(0, 10**9).map(lambda i: files.sha256_bytes(str(i).encode()))
 images = st.lists(digests, unique=True, max_size=60)

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run, tiny_params
-from tasks import (augment, canonical, download, downloader, evaluate, fetch_urls, images, mirror, paths, shards,
-                   sources, split, train)
-from tasks.config import validate
+from tasks import augment, download, evaluate, fetch_urls, paths, split, train
+from tasks.acquire import downloader, images, mirror, sources
+from tasks.params import validate
 from tasks.step import StepError
-
+from tasks.storage import canonical, shards
 
 SUMMARIES: dict[str, dict] = {}
 

@@ -18,8 +18,10 @@ import yaml
 
 from conftest import BIN, REPO, merge, tiny_params
 from generated import prepare, prepare_random
-from tasks import evaluate, files, paths, pipeline, train
-from tasks.config import validate
+from tasks import evaluate, paths, train
+from tasks.learning import pipeline
+from tasks.params import validate
+from tasks.storage import files
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +96,7 @@ def test_evaluation_model_card_adds_metrics_to_the_training_card(six):
 
 
 def test_ten_crop_probabilities_are_the_mean_of_the_ten_views(six):
-    from tasks import pipeline
+    from tasks.learning import pipeline
 
     cfg = validate(params())
     index, _ = pipeline.read_prepared(six)
@@ -204,7 +206,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pathlib import Path
 from tasks import train
-from tasks.config import load_config
+from tasks.params import load_config
 summary = train.run(load_config("params.yaml"), Path.cwd())
 print("EPOCHS", summary["epochs"], "ACCURACY", summary["accuracy"])
 """

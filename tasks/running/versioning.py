@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from tasks import files
-from tasks.config import PARAMS_FILE, Config, ConfigError, load_config
-from tasks.step import STATE_DIR, STEP_NAMES, StepError, load_step, recorded_outputs
+from tasks.config import Config
+from tasks.params import PARAMS_FILE, ConfigError, load_config
+from tasks.running.cache import STATE_DIR, recorded_outputs
+from tasks.step import STEP_NAMES, StepError, load_step
+from tasks.storage import files
 
 SYNCED = STATE_DIR / "dvc-synced.json"  # what the last commit (and push) recorded
 DVC_BUSY = "Unable to acquire lock"  # DVC's words when another dvc process has the repository

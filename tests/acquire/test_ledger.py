@@ -9,9 +9,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks import download, runners
-from tasks.downloader import Row
-from tasks.ledger import Ledger
+from tasks import download
+from tasks.acquire.downloader import Row
+from tasks.acquire.ledger import Ledger
+from tasks.running import runners
 
 URLS = [f"http://127.0.0.1/{i}.jpg" for i in range(12)]
 DIGESTS = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tasks import download, fetch_urls, split, train
-from tasks.config import validate
-from tasks.step import STEP_NAMES, cache_key, load_step, outputs_intact, record_outputs
+from tasks.params import validate
+from tasks.running.cache import cache_key, outputs_intact, record_outputs
+from tasks.step import STEP_NAMES, load_step
 
 
 def test_a_params_section_changes_the_keys_of_the_steps_that_read_it_only(tmp_path):

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tasks import paths
 from tasks.config import Augment
-from tasks.step import StepError
+from tasks.errors import StepError
 
 AUTOTUNE = tf.data.AUTOTUNE
 CYCLE = 8  # shards read at once while training: each epoch's images come from this many at a time

@@ -5,7 +5,7 @@ this module is what a chunk needs, and nothing heavier (no Prefect, no pandas),
 so that worker processes start fast. Each process keeps one `Downloader` (its
 fetch thread, connections and validation threads) for all the chunks it runs.
 
-A chunk stores the images it keeps as one shard (`tasks.shards`), in list order,
+A chunk stores the images it keeps as one shard (`tasks.storage.shards`), in list order,
 written atomically under a name drawn from its URLs, and then records its rows
 in one CSV under .alexnet/download/, so a run killed at any moment resumes where
 it stopped and never sees a partial shard.
@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tasks import archives, files, images, paths, shards, sources, web
+from tasks import paths
+from tasks.acquire import archives, images, sources, web
 from tasks.config import Config, Download
+from tasks.storage import files, shards
 
 COLUMNS = ["url", "class", "source_subset", "status", "reason", "shard", "member", "offset", "size", "sha256",
            "width", "height", "bytes", "attempts", "elapsed_s"]
@@ -285,7 +287,7 @@ class Records:
 
         Failed URLs get another try in every run. The kept rows are written to one
         file before the old ones go, so a kill in here loses nothing. `ledger` (a
-        `tasks.ledger.Ledger`) merges the old files; it is left empty.
+        `tasks.acquire.ledger.Ledger`) merges the old files; it is left empty.
         """
         if self.folder.parent.is_dir():
             for other in self.folder.parent.iterdir():

@@ -1,6 +1,6 @@
 """Look at stored images: list them, or copy them out of their shards into a folder (`alexnet images`).
 
-Images live in shards (`tasks.shards`); the indexes say where each one is. This
+Images live in shards (`tasks.storage.shards`); the indexes say where each one is. This
 reads an index a row at a time, so finding a class's images in a data set of a
 million costs a pass over its index, not memory.
 """
@@ -11,8 +11,9 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks import files, paths, shards
+from tasks import paths
 from tasks.errors import StepError
+from tasks.storage import files, shards
 
 INDEXES = {"downloaded": paths.IMAGE_INDEX, "canonical": paths.AUGMENT_INDEX}
 

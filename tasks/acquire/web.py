@@ -19,7 +19,8 @@ the pipeline runs in. Every fetch here
 Fetches run on libcurl's multi interface (pycurl), all of a process's on one
 thread: a transfer in flight costs a socket and a few callbacks, not a thread
 blocked in Python, so hundreds wait on slow hosts at once for little CPU (see
-docs/benchmarks.md). `Fetcher.submit` can be called from any thread.
+docs/benchmarks.md; the libcurl plumbing is in `tasks.acquire.curl`).
+`Fetcher.submit` can be called from any thread.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ import contextlib
 import heapq
 import ipaddress
 import itertools
-import os
 import random
-import selectors
 import socket
 import sys
 import threading
@@ -42,30 +41,11 @@ from email.utils import parsedate_to_datetime
 from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
-import certifi
+from tasks.acquire import curl
+from tasks.acquire.curl import pycurl
 
-
-def _load_pycurl():
-    """pycurl, bound to the libcurl its wheel ships.
-
-    TensorFlow puts a libcurl of its own in the process's global symbol table; a
-    pycurl loaded after it would bind to that older one and refuse to load.
-    RTLD_DEEPBIND makes pycurl's module look up its own libraries first.
-    """
-    flags = sys.getdlopenflags()
-    sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))
-    try:
-        import pycurl
-    finally:
-        sys.setdlopenflags(flags)
-    return pycurl
-
-
-pycurl = _load_pycurl()
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 URL_CHARACTERS = ":/?#[]@!$&'()*+,;=%~"  # left as they are; others are %-escaped
-USER_AGENT = "alexnet-dag (image downloader)"
-CA_BUNDLE = certifi.where()  # looked up once: the first lookup takes milliseconds
 
 
 @dataclass(frozen=True)
@@ -130,21 +110,6 @@ def _retry_after(value: bytes) -> float | None:
         return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-# libcurl's errors, as reason codes: (reason, worth a retry). Anything else is a connection_error.
-CURL_ERRORS = {
-    pycurl.E_OPERATION_TIMEDOUT: ("timeout", True),
-    pycurl.E_FILESIZE_EXCEEDED: ("too_large", False),
-    pycurl.E_PARTIAL_FILE: ("truncated", True),
-    pycurl.E_BAD_CONTENT_ENCODING: ("truncated", True),
-    pycurl.E_URL_MALFORMAT: ("invalid_url", False),
-    pycurl.E_SSL_CONNECT_ERROR: ("tls_error", False),
-    pycurl.E_PEER_FAILED_VERIFICATION: ("tls_error", False),
-    pycurl.E_SSL_CERTPROBLEM: ("tls_error", False),
-    pycurl.E_SSL_CIPHER: ("tls_error", False),
-    pycurl.E_SSL_CACERT_BADFILE: ("tls_error", False),
-}
 
 
 def _started() -> Future:
@@ -212,73 +177,6 @@ class _Transfer:
         return socket.socket(address.family, address.socktype, address.protocol)
 
 
-class _Multi:
-    """libcurl's multi interface, driven by the sockets and the timer it asks us to watch."""
-
-    def __init__(self):
-        self.curl = pycurl.CurlMulti()
-        self.selector = selectors.DefaultSelector()
-        self.timer: float | None = None  # when libcurl wants to be called back without socket activity
-        self.curl.setopt(pycurl.M_SOCKETFUNCTION, self._watch)
-        self.curl.setopt(pycurl.M_TIMERFUNCTION, self._set_timer)
-        self.wake_r, self.wake_w = socket.socketpair()
-        for end in (self.wake_r, self.wake_w):
-            end.setblocking(False)
-        self.selector.register(self.wake_r, selectors.EVENT_READ)
-
-    def _watch(self, what: int, fd: int, multi, data) -> None:
-        if what == pycurl.POLL_REMOVE:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(fd)
-            return
-        events = {pycurl.POLL_IN: selectors.EVENT_READ, pycurl.POLL_OUT: selectors.EVENT_WRITE,
-                  pycurl.POLL_INOUT: selectors.EVENT_READ | selectors.EVENT_WRITE}[what]
-        try:
-            self.selector.modify(fd, events)
-        except KeyError:
-            self.selector.register(fd, events)
-
-    def _set_timer(self, ms: int) -> None:
-        self.timer = None if ms < 0 else time.monotonic() + ms / 1000
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):  # a full pipe wakes the loop all the same; a closed one has no loop
-            self.wake_w.send(b"\0")
-
-    def wait(self, timeout: float | None) -> list[tuple[pycurl.Curl, int]]:
-        """Run what is ready within `timeout` seconds; the handles that finished, each with libcurl's error (0: none)."""
-        if self.timer is not None:
-            due = max(0.0, self.timer - time.monotonic())
-            timeout = due if timeout is None else min(timeout, due)
-        for key, events in self.selector.select(timeout):
-            if key.fileobj is self.wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    self.wake_r.recv(4096)
-                continue
-            flags = (pycurl.CSELECT_IN if events & selectors.EVENT_READ else 0) | (
-                pycurl.CSELECT_OUT if events & selectors.EVENT_WRITE else 0)
-            self.curl.socket_action(key.fd, flags)
-        if self.timer is not None and self.timer <= time.monotonic():
-            self.timer = None
-            self.run_due()
-        finished = []
-        while True:
-            left, ok, failed = self.curl.info_read()
-            finished += [(handle, 0) for handle in ok] + [(handle, errno) for handle, errno, _ in failed]
-            if not left:
-                return finished
-
-    def run_due(self) -> None:
-        """Let libcurl act on what is due now, such as starting transfers just added."""
-        self.curl.socket_action(pycurl.SOCKET_TIMEOUT, 0)
-
-    def close(self) -> None:
-        self.curl.close()
-        self.selector.close()
-        self.wake_r.close()
-        self.wake_w.close()
-
-
 class Fetcher:
     """GETs under `Limits`: up to `in_flight` at once (`per_host` to one host), on one thread.
 
@@ -288,7 +186,7 @@ class Fetcher:
 
     def __init__(self, limits: Limits):
         self.limits = limits
-        self._multi = _Multi()
+        self._multi = curl.Multi()
         self._inbox: deque[_Transfer] = deque()  # from other threads
         self._queue: deque[_Transfer] = deque()  # waiting for a slot
         self._parked: defaultdict[str, deque[_Transfer]] = defaultdict(deque)  # waiting for their host
@@ -403,22 +301,7 @@ class Fetcher:
                 self._start(transfer)
 
     def _handle(self) -> pycurl.Curl:
-        if self._idle:
-            return self._idle.pop()
-        handle = pycurl.Curl()
-        for option, value in (
-            (pycurl.NOSIGNAL, 1),
-            (pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),
-            (pycurl.FOLLOWLOCATION, 0),  # followed here, hop by hop
-            (pycurl.PROXY, ""),  # never from the environment: a proxy would bypass the address rules
-            (pycurl.ACCEPT_ENCODING, ""),  # what libcurl can decode; the byte cap counts decoded bytes
-            (pycurl.MAXFILESIZE_LARGE, self.limits.max_bytes),
-            (pycurl.USERAGENT, USER_AGENT),
-            (pycurl.HTTPHEADER, ["Accept: */*"]),
-            (pycurl.CAINFO, CA_BUNDLE),
-        ):
-            handle.setopt(option, value)
-        return handle
+        return self._idle.pop() if self._idle else curl.new_handle(self.limits.max_bytes)
 
     def _start(self, transfer: _Transfer) -> None:
         now = time.monotonic()
@@ -471,7 +354,7 @@ class Fetcher:
         location = handle.getinfo(pycurl.REDIRECT_URL) if not errno else None
         transfer = self._release(handle)
         if errno:
-            reason, transient = CURL_ERRORS.get(errno, ("connection_error", True))
+            reason, transient = curl.ERRORS.get(errno, ("connection_error", True))
             if transfer.refused and errno == pycurl.E_COULDNT_CONNECT:
                 reason, transient = "blocked_host", False
             elif errno == pycurl.E_WRITE_ERROR:  # the write callback stopped it

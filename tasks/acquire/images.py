@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from tasks import files
+from tasks.storage import files
 
 # Leading bytes of the formats OpenCV decodes: a body that starts like an image
 # but does not decode is `corrupt`, anything else is `not_image`.
@@ -31,7 +31,7 @@ IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"M
 # *.staticflickr.com) and the equivalents of other hosts in the URL lists; more can
 # be listed in params without a code change (`download.placeholder_digests`).
 PLACEHOLDERS = {
-    # The embedded demo source's placeholder (tasks.demo_images.placeholder()).
+    # The embedded demo source's placeholder (tasks.acquire.demo_images.placeholder()).
     "56f1debf9b4cf976673491a6886e4acaeeb4aaa17f2b70153f98f26d32cb5a5d": "demo: photo unavailable",
 }
 

@@ -19,7 +19,7 @@ import tarfile
 import threading
 from collections.abc import Iterable, Iterator
 
-from tasks import files
+from tasks.storage import files
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar pads an archive to a multiple of this, as tar(1) does

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tasks import pipeline, shards
 from tasks.config import Augment
+from tasks.learning import pipeline
+from tasks.storage import shards
 
 STATS = {
     "mean": [120.0, 110.0, 100.0],

@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks import model, paths, pipeline  # noqa: F401  (model registers the custom layers)
-from tasks.canonical import canonical
+from tasks import paths
+from tasks.learning import model, pipeline  # noqa: F401  (model registers the custom layers)
+from tasks.storage.canonical import canonical
 
 
 def views(path: Path, image_size: int, input_size: int, ten_crop: bool) -> np.ndarray:

@@ -12,11 +12,11 @@ Six kinds of source (`data.source`, or `classes.<name>.source` per class):
 
 A list has an entry per line: an http(s) URL, a `file:` entry for a local image
 (read only from the folders configured here, `local_roots`), or a `tar:` entry for
-an image inside an archive (`tasks.archives`; read only from the archives
+an image inside an archive (`tasks.acquire.archives`; read only from the archives
 configured here, `local_archives`), followed, when the source says which subset an
 image belongs to (ILSVRC-2012's validation set, an archive's `val/` folder), by a
 tab and `train` or `validation`. Sources named in params are trusted hosts; what
-they link to is not (see `tasks.web`).
+they link to is not (see `tasks.acquire.web`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
-from tasks import archives, paths, web
+from tasks import paths
+from tasks.acquire import archives, web
 from tasks.config import Data
 from tasks.errors import StepError
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks import files, paths, shards
+from tasks import paths
 from tasks.errors import StepError
+from tasks.storage import files, shards
 
 RECORDS_DIR = Path(paths.STATE) / "augment"
 QUALITY = 95

@@ -20,11 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import merge
+from conftest import REPO, merge
 from hostile import BODIES, HostileServer, photo
-from tasks import download, downloader, files, paths, shards, web
-from tasks.config import validate
+from tasks import download, paths
+from tasks.acquire import downloader, web
+from tasks.params import validate
 from tasks.step import StepError
+from tasks.storage import files, shards
 
 # Sub-second limits keep the slow cases fast; the deadline leaves room for one Retry-After: 1.
 FAST = {
@@ -358,11 +360,11 @@ def test_the_fetcher_works_in_a_process_that_loaded_tensorflow_first(host):
     """TensorFlow brings a libcurl of its own into the process (the flow imports it before
     downloading); the fetcher must still load, and use the libcurl pycurl ships with."""
     code = ("import sys, tensorflow\n"
-            "from tasks import web\n"
+            "from tasks.acquire import web\n"
             "with web.Fetcher(web.Limits(allowed_hosts=frozenset({'127.0.0.1'}))) as client:\n"
             "    print('fetched', client.get(sys.argv[1]).ok)\n")
     done = subprocess.run([sys.executable, "-c", code, host.url("/good.jpg")], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1], timeout=300)
+                          cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fetched True" in done.stdout
 

@@ -7,7 +7,7 @@ import numpy as np
 import requests
 
 from conftest import endpoint
-from tasks import demo_images, images, mirror
+from tasks.acquire import demo_images, images, mirror
 from tasks.config import Data
 
 

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tasks.downloader import FIELDS, Row  # FIELDS: the columns of `fetched` and the manifest, in Row's order
+from tasks.acquire.downloader import FIELDS, Row  # FIELDS: the columns of `fetched` and the manifest, in Row's order
 
 SELECTED = ", ".join(FIELDS)
 # The image index's columns, as the manifest names them (`cls` is written `class`).

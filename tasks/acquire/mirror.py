@@ -20,7 +20,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from tasks import demo_images
+from tasks.acquire import demo_images
 from tasks.config import Data
 
 LIST_PATH = "/api/text/imagenet.synset.geturls"

@@ -173,7 +173,7 @@ def placeholder(width: int = 240, height: int = 180) -> bytes:
     """A "photo unavailable" image like the ones photo hosts serve for removed photos.
 
     Written as an uncompressed 24-bit BMP by hand, so its bytes (and the digest listed
-    in `tasks.images.PLACEHOLDERS`) do not depend on any encoder's version.
+    in `tasks.acquire.images.PLACEHOLDERS`) do not depend on any encoder's version.
     """
     img = np.full((height, width, 3), 230, np.uint8)
     img[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = 190  # a grey "missing photo" tile

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from tasks import lock
 from tasks.errors import StepError
+from tasks.running import lock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from tasks import lock
+from tasks.running import lock
 with lock.held(Path(sys.argv[1]), "alexnet stage train", timeout_s=0):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

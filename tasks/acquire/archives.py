@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote
 
-from tasks import shards
 from tasks.errors import StepError
+from tasks.storage import shards
 
 MAX_MEMBERS = 5_000_000  # entries an archive may hold (ILSVRC-2012's training set: 1,281,167 in 1,000 tars)
 ENTRY = re.compile(r"^tar:(?P<path>[^#]+)#(?P<offset>\d+)\+(?P<size>\d+)/(?P<name>.*)$")

@@ -16,9 +16,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hostile import jpeg, photo
-from tasks import archives, download, fetch_urls, files, paths, shards, sources, split
-from tasks.config import ConfigError, validate
+from tasks import download, fetch_urls, paths, split
+from tasks.acquire import archives, sources
 from tasks.errors import StepError
+from tasks.params import ConfigError, validate
+from tasks.storage import files, shards
 
 # --- parsers, property-based ---------------------------------------------------------
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from hostile import BODIES, bomb_jpeg, photo, turned_jpeg
-from tasks import images
+from tasks.acquire import images
 
 
 def progressive_jpeg() -> bytes:
