@@ -179,3 +179,13 @@ def test_model_builds_and_trains_under_the_jax_backend():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok ")
+
+
+def test_a_model_saved_by_an_earlier_release_loads_and_predicts_as_it_did():
+    """tests/data/alexnet-saved-by-0.1.h5: saved when the model lived in tasks/model.py (paper variant, its
+    custom layers, width 0.0625, 3 classes); `import tasks.learning.model` must be all it takes to load it."""
+    net = keras.models.load_model(REPO / "tests" / "data" / "alexnet-saved-by-0.1.h5")
+    assert {"LocalResponseNorm", "GroupedConv2D"} <= {type(layer).__name__ for layer in net.layers}
+    x = np.random.default_rng(0).uniform(0, 255, (2, 67, 67, 3)).astype("float32")
+    recorded = [[0.169045, 0.682569, 0.148386], [0.197271, 0.600030, 0.202699]]
+    np.testing.assert_allclose(net.predict(x, verbose=0), recorded, atol=2e-5)
