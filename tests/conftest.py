@@ -139,7 +139,7 @@ class Service:
         self.handle.close()
 
 
-# The test server asks for this, as a team's server does (README): every client the tests start
+# The test server asks for this, as a team's server does (docs/team.md): every client the tests start
 # (alexnet run and serve, prefect deploy, workers, the CLI) gives it, and so does API, for the tests' own reads.
 AUTH_STRING = f"alexnet:{secrets.token_urlsafe(12)}"
 API = requests.Session()
