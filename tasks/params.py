@@ -14,11 +14,12 @@ import yaml
 from pydantic import ValidationError
 
 from tasks.config import Config
+from tasks.errors import StepError
 
 PARAMS_FILE = "params.yaml"
 
 
-class ConfigError(Exception):
+class ConfigError(StepError):
     """A params file or override that cannot be used; the message names the key."""
 
 
