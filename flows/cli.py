@@ -110,13 +110,13 @@ def cmd_images(args) -> int:
                     args.subset)
     if args.out:
         written = copy_out(itertools.islice(rows, args.limit), Path.cwd(), Path(args.out))
-        print(f"{len(written)} images written under {args.out}/ (<class>/<sha256>.<ext>)")
+        print(f"{len(written)} images written under {Path(args.out)}/ (<class>/<sha256>.<ext>)")
         return 0 if written else EXIT_FAILED
     shown = list(itertools.islice(rows, args.limit or 20))
     for row in shown:
         print(f"{row['class']:<16} {row['sha256'][:16]}  {row['shard']}  {row['size']:>8} bytes")
     total = len(shown) + sum(1 for _ in rows)
-    print(f"{total} images match" + (f" ({len(shown)} shown; --limit N to see more, --out DIR to extract)"
+    print(f"{total} image{'s match' if total != 1 else ' matches'}" + (f" ({len(shown)} shown; --limit N to see more, --out DIR to extract)"
                                      if total > len(shown) else ""))
     return 0 if total else EXIT_FAILED
 
