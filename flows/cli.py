@@ -110,7 +110,8 @@ def cmd_images(args) -> int:
                     args.subset)
     if args.out:
         written = copy_out(itertools.islice(rows, args.limit), Path.cwd(), Path(args.out))
-        print(f"{len(written)} images written under {Path(args.out)}/ (<class>/<sha256>.<ext>)")
+        print(f"{len(written)} image{'s' if len(written) != 1 else ''} written under {Path(args.out)}/ "
+              "(<class>/<sha256>.<ext>)")
         return 0 if written else EXIT_FAILED
     shown = list(itertools.islice(rows, args.limit or 20))
     for row in shown:
