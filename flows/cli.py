@@ -135,7 +135,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"alexnet {version('alexnet-dag')}")
     p.add_argument("--debug", action="store_true",
                    help=f"show tracebacks with error messages (or set {DEBUG_ENV}=1, e.g. for dvc repro)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="one of these; `alexnet COMMAND --help` tells more")
 
     run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow in this terminal")
     _params_args(run)
