@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, ConfigError):
             print(f"alexnet: {line}", file=sys.stderr)
             return EXIT_USAGE
-        print(f"alexnet {args.command}: {line}", file=sys.stderr)
+        command = f"stage {args.name}" if args.command == "stage" else args.command
+        print(f"alexnet {command}: {line}", file=sys.stderr)
         return EXIT_FAILED
 
 

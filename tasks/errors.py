@@ -53,5 +53,5 @@ def describe(exc: BaseException) -> str | None:
     where = os.fsdecode(exc.filename) if exc.filename is not None else os.getcwd()
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(where if os.path.isdir(where) else os.path.dirname(where) or ".").free
-        what += f" ({free / 2**20:,.0f} MiB free)"
+        what += f" ({free / 2**20:,.1f} MiB free)"
     return f"{what}: {where}: {MACHINE[exc.errno]} and run the same command again"

@@ -55,8 +55,10 @@ def setup(debug: bool = False) -> None:
     """The terminal's log handler, and the environment of a quiet, private run."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a file it cannot read is reported by the caller
-    # The temporary Prefect server a run starts sends no usage statistics unless the user asks for them.
+    # The temporary Prefect server a run starts sends no usage statistics unless the user asks for them,
+    # and may take its time on a busy machine.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     handler = logging.StreamHandler()
     handler.setFormatter(_Console(tracebacks=debug))
     if not debug:
