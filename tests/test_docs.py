@@ -27,7 +27,7 @@ ELSEWHERE = {
     "dvc remote ": "a remote of the reader's own: tests/test_dvc.py pushes to a folder and to an S3 API",
     "dvc push": "a remote of the reader's own: tests/test_dvc.py pushes to a folder and to an S3 API",
 }
-ERROR_LINE = re.compile(r"^alexnet( [a-z]+)?: ")  # how a command that fails says why
+ERROR_LINE = re.compile(r"^alexnet[\w ]*: [^:]+: ")  # how a command that fails says why: `alexnet CMD: what: why`
 
 
 @dataclass
@@ -88,19 +88,20 @@ def test_every_command_in_the_readme_and_its_docs_runs_as_the_text_says(tmp_path
     project = make_project(tmp_path, params)
     env = {**os.environ, "GIT_AUTHOR_NAME": "reader", "GIT_AUTHOR_EMAIL": "reader@localhost",
            "GIT_COMMITTER_NAME": "reader", "GIT_COMMITTER_EMAIL": "reader@localhost"}
-    ran = []
+    ran, done = [], None
     for example in (e for page in pages() for e in examples(page)):
         if any(example.command.startswith(prefix) for prefix in ELSEWHERE):
             continue
         command = demo_command() if example.command == "make demo" else example.command
-        done = subprocess.run(["bash", "-c", command], cwd=project, env=env, capture_output=True, text=True,
-                              timeout=900)
+        if not (ran and ran[-1] == example.command and example.shown):  # else: the output of what just ran
+            done = subprocess.run(["bash", "-c", command], cwd=project, env=env, capture_output=True, text=True,
+                                  timeout=900)
         said = f"{example}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
         fails = any(ERROR_LINE.match(line) for line in example.shown)
         assert (done.returncode != 0) == fails, f"exit status {done.returncode}: {said}"
         got = {masked(line) for line in (done.stdout + done.stderr).splitlines()}
         for line in example.shown:
-            assert line == "..." or masked(line) in got, f"not in the output: {line!r}\n{said}"
+            assert line.strip() == "..." or masked(line) in got, f"not in the output: {line!r}\n{said}"
         assert "Traceback" not in done.stderr, said
         ran.append(example.command)
     assert "make demo" in ran and any(c.startswith("dvc exp run") for c in ran), ran

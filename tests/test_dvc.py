@@ -154,6 +154,21 @@ def test_experiments_metrics_and_plots(reproduced, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stage_refused_for_a_bad_param_keeps_the_last_outputs(reproduced):
+    """DVC leaves a stage's outputs in place (persist), and the stage refuses the value before writing."""
+    project, _ = reproduced
+    before, params = outputs(project), (project / "params.yaml").read_text()
+    try:
+        done = run([*DVC, "exp", "run", "-S", "train.epochs=-1"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(params)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in said
+    assert "alexnet: params.yaml: train.epochs: Input should be greater than or equal to 1 (got -1)" in said
+    assert outputs(project) == before
+
+
+@pytest.mark.slow
 def test_push_and_pull_through_a_local_remote(reproduced, tmp_path):
     project, _ = reproduced
     run([*DVC, "remote", "add", "--force", "store", str(tmp_path / "store")], project)
