@@ -117,8 +117,8 @@ def cmd_images(args) -> int:
     for row in shown:
         print(f"{row['class']:<16} {row['sha256'][:16]}  {row['shard']}  {row['size']:>8} bytes")
     total = len(shown) + sum(1 for _ in rows)
-    print(f"{total} image{'s match' if total != 1 else ' matches'}" + (f" ({len(shown)} shown; --limit N to see more, --out DIR to extract)"
-                                     if total > len(shown) else ""))
+    print(f"{total} image{'s match' if total != 1 else ' matches'}"
+          + (f" ({len(shown)} shown; --limit N to see more, --out DIR to extract)" if total > len(shown) else ""))
     return 0 if total else EXIT_FAILED
 
 

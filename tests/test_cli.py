@@ -38,7 +38,8 @@ def bees_without_wasps(folder: Path) -> Path:
     (folder / "photos" / "bees").mkdir(parents=True)
     for i in range(3):
         cv2.imwrite(str(folder / "photos" / "bees" / f"{i}.jpg"), np.full((32, 32, 3), 40 * i, np.uint8))
-    return write_params(folder, {"data": {"source": "folder", "folder": "photos", "classes": {"bees": {}, "wasps": {}}}})
+    classes = {"bees": {}, "wasps": {}}
+    return write_params(folder, {"data": {"source": "folder", "folder": "photos", "classes": classes}})
 
 
 def last_line(text: str) -> str:
@@ -138,7 +139,8 @@ def stored(project: Path) -> dict[str, object]:
     """The download's outputs: shards and index as bytes, the manifest but for its timings."""
     found: dict[str, object] = {p.relative_to(project).as_posix(): p.read_bytes()
                                 for p in sorted((project / "data" / "images").iterdir())}
-    found["manifest"] = pd.read_csv(project / "data" / "manifest.csv", keep_default_na=False).drop(columns="elapsed_s").to_dict("records")
+    manifest = pd.read_csv(project / "data" / "manifest.csv", keep_default_na=False)
+    found["manifest"] = manifest.drop(columns="elapsed_s").to_dict("records")
     return found
 
 
