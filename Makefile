@@ -34,6 +34,7 @@ bench: install
 	# server puts site-packages first on its path, where the backport would hide the
 	# standard library's module and stop the server from starting: remove it.
 	$(BIN)/pip uninstall --quiet --yes dataclasses
+	python bench/cli.py
 	python bench/pipeline.py
 	python bench/download.py
 	python bench/ledger.py

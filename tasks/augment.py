@@ -42,7 +42,6 @@ STEP = Step(
     deps=(paths.IMAGES, paths.SPLIT),
     outs=(paths.AUGMENTED,),
     plots=(paths.AUGMENT_PLOT,),
-    persist=(paths.AUGMENTED,),  # a killed or re-parametrised run keeps the shards it can reuse
 )
 SUBSETS = ("train", "validation")
 INDEX_COLUMNS = ["shard", "offset", "size", "member", "class", "label", "subset", "sha256"]

@@ -53,7 +53,6 @@ STEP = Step(
     deps=(paths.URLS,),
     outs=(paths.IMAGES, paths.MANIFEST),
     network=True,
-    persist=(paths.IMAGES, paths.MANIFEST),  # a killed or re-parametrised run resumes from what it has
     inputs=lambda cfg, workdir: sources.local_inputs(cfg.data, workdir),  # local images are read here
 )
 

@@ -14,11 +14,12 @@ import yaml
 from pydantic import ValidationError
 
 from tasks.config import Config
+from tasks.errors import StepError
 
 PARAMS_FILE = "params.yaml"
 
 
-class ConfigError(Exception):
+class ConfigError(StepError):
     """A params file or override that cannot be used; the message names the key."""
 
 
@@ -62,8 +63,10 @@ def validate(params: dict[str, Any], origin: str = PARAMS_FILE) -> Config:
     try:
         return Config.model_validate(params)
     except ValidationError as exc:
-        problems = "\n".join(f"  {_describe(e)}" for e in exc.errors())
-        raise ConfigError(f"{origin}: invalid params\n{problems}") from None
+        problems = [_describe(e) for e in exc.errors()]
+        if len(problems) == 1:
+            raise ConfigError(f"{origin}: {problems[0]}") from None
+        raise ConfigError(f"{origin}: invalid params\n" + "\n".join(f"  {p}" for p in problems)) from None
 
 
 def read_params(params_file: str | Path = PARAMS_FILE) -> dict[str, Any]:

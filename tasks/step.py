@@ -2,7 +2,9 @@
 
 A step is a plain function `run(cfg, workdir) -> summary` over files. `Step` declares
 what it reads (files, params sections, its code) and writes; dvc.yaml declares the
-same (a test keeps the two equal). The Prefect task over a step, with its
+same (a test keeps the two equal). A step owns its outputs: it replaces them
+atomically, reusing what it can and removing what it no longer lists, so DVC leaves
+them in place (`persist: true`) and a step that stops keeps the last ones. The Prefect task over a step, with its
 content-keyed cache, is `tasks.running.task`.
 """
 
@@ -31,14 +33,11 @@ class Step:
     params: tuple[str, ...]
     deps: tuple[str, ...]
     outs: tuple[str, ...]
-    # Steps that reach the network get retries.
+    # Steps that reach the network retry its failures.
     network: bool = False
     # Outputs DVC keeps out of its cache (small reports a user reads in git diffs).
     metrics: tuple[str, ...] = field(default=())
     plots: tuple[str, ...] = field(default=())
-    # Outputs the step updates in place (it resumes from them and removes what it no
-    # longer lists): DVC must not delete them before the stage runs (`persist: true`).
-    persist: tuple[str, ...] = field(default=())
     # Files and folders named in params that the step also reads (local image
     # sources): their content is part of the cache key, like `deps`.
     inputs: Callable[[Config, Path], list[Path]] | None = None

@@ -38,8 +38,7 @@ STEP = Step(
     deps=(paths.AUGMENTED,),
     outs=(paths.MODEL, paths.MODEL_CARD, paths.LOGS, paths.HISTORY),
 )
-# Outside every declared output, so neither `dvc repro` (which deletes a stage's
-# outputs before running it) nor the Prefect cache check touches it.
+# Outside every declared output, so neither DVC nor the Prefect cache check touches it.
 CHECKPOINTS = Path(paths.STATE) / "checkpoints"
 PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 

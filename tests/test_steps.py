@@ -243,8 +243,14 @@ def test_cli_images_lists_and_extracts_stored_images(work):
     validation = (pd.read_csv(work / paths.SPLIT)["subset"] == "validation").sum()
     extracted = run(["alexnet", "images", "--canonical", "--subset", "validation", "--out", "val"], work).stdout
     assert extracted.startswith(f"{validation} images written")
-    nothing = run(["alexnet", "images", "--class", "unknown"], work, check=False)
+    downloaded = run(["alexnet", "images", "--subset", "validation", "--out", "val-downloaded/"], work).stdout
+    assert downloaded == f"{validation} images written under val-downloaded/ (<class>/<sha256>.<ext>)\n"
+    assert sorted(p.stem for p in (work / "val-downloaded").rglob("*.*")) == \
+        sorted(p.stem for p in (work / "val").rglob("*.*"))  # the same images, as downloaded and canonical
+    nothing = run(["alexnet", "images", "--digest", "ffffffffffff"], work, check=False)
     assert nothing.returncode == 1 and nothing.stdout.strip() == "0 images match"
+    unknown = run(["alexnet", "images", "--class", "unknown"], work, check=False)
+    assert unknown.returncode == 1 and unknown.stderr.startswith("alexnet images: no class named unknown: ")
 
 
 def test_cli_predict_prints_a_table_per_image_and_an_error_per_bad_file(work):

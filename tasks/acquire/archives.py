@@ -160,7 +160,8 @@ def _any_members(archive: Path) -> Iterator[tuple[str, int, bool, Callable]]:
                 tar.members.clear()  # as in members(): not every header of a million-image archive kept
                 yield member.name, member.size, member.isfile(), lambda m=member: tar.extractfile(m)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ArchiveError(f"{archive.name}: not a readable .tar, .tar.gz or .zip archive ({exc})") from None
+        reason = " ".join(str(exc).split())  # one line: tarfile lists every method it tried, a line each
+        raise ArchiveError(f"{archive.name}: not a readable .tar, .tar.gz or .zip archive ({reason})") from None
 
 
 def read_member(archive: Path, name: str) -> bytes:

@@ -144,9 +144,11 @@ def answering(host: str, port: int, timeout: float = 0.5) -> bool:
 
 @contextlib.contextmanager
 def serving_if_needed(data: Data) -> Iterator[None]:
-    """Start the mirror at the endpoint's loopback address if nothing answers there."""
+    """Start the mirror at the endpoint's loopback address if nothing answers there (and a class is read
+    from URLs: archives and folders never are from the mirror)."""
     host, port = host_port(data.url_list_endpoint)
-    if not (data.embedded_mirror and data.endpoint_is_loopback()) or answering(host, port):
+    online = any(data.source_of(name) not in ("folder", "archive", "ilsvrc2012") for name in data.classes)
+    if not (online and data.embedded_mirror and data.endpoint_is_loopback()) or answering(host, port):
         yield
         return
     log.info("starting the embedded demo mirror on %s:%d", host, port)

@@ -37,7 +37,7 @@ from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 from tasks import paths
 from tasks.acquire import archives, web
 from tasks.config import Data
-from tasks.errors import StepError
+from tasks.errors import NetworkError, StepError
 
 REPACKED = f"{paths.URLS}/archive.tar"  # a compressed or remote archive's class folders, as a plain tar
 SUBSETS = ("train", "validation")
@@ -47,6 +47,10 @@ SHARED_LINE = re.compile(r"^(n\d{8})_\S*\s+(\S+)")
 
 class SourceError(StepError):
     """A source could not be read; the message says which and why."""
+
+
+class Unreachable(SourceError, NetworkError):
+    """A source that did not answer as it should: retried, as a later try may succeed."""
 
 
 def is_url(location: str) -> bool:
@@ -215,7 +219,7 @@ def read_bytes(location: str, client: web.Fetcher, workdir: Path, what: str) -> 
         return path.read_bytes()
     got = client.get(location)
     if not got.ok:
-        raise SourceError(f"could not fetch {what} from {location}: {got.reason}")
+        raise Unreachable(f"could not fetch {what} from {location}: {got.reason}")
     return got.body
 
 
@@ -235,7 +239,7 @@ def local_copy(location: str, client: web.Fetcher, workdir: Path, what: str) -> 
         with os.fdopen(fd, "wb") as out:
             got = client.get(location, sink=out)
         if not got.ok:
-            raise SourceError(f"could not fetch {what} from {location}: {got.reason}")
+            raise Unreachable(f"could not fetch {what} from {location}: {got.reason}")
         yield Path(name)
     finally:
         Path(name).unlink(missing_ok=True)
@@ -326,7 +330,7 @@ def _imagenet_api(data: Data, names, client, workdir) -> dict[str, list[str]]:
         url = data.url_list_endpoint.format(wnid=wnid)
         got = client.get(url)
         if not got.ok:
-            raise SourceError(f"could not fetch the URL list for {wnid} from {url}: {got.reason}")
+            raise Unreachable(f"could not fetch the URL list for {wnid} from {url}: {got.reason}")
         lists[name] = parse_url_list(got.body)
     return lists
 

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tasks import paths
+from tasks.errors import StepError
 from tasks.learning import model, pipeline  # noqa: F401  (model registers the custom layers)
 from tasks.storage.canonical import canonical
 
@@ -27,8 +28,12 @@ def views(path: Path, image_size: int, input_size: int, ten_crop: bool) -> np.nd
 
 def classify(images: list[str], model_path: str = paths.MODEL, top: int = 1, ten_crop: bool = False) -> list[dict]:
     """One result per image: its `top` classes with probabilities, or an error."""
-    card = json.loads(Path(model_path).with_suffix(".json").read_text())
-    net = keras.models.load_model(model_path, compile=False)
+    try:
+        card = json.loads(Path(model_path).with_suffix(".json").read_text())
+        net = keras.models.load_model(model_path, compile=False)
+    except (OSError, ValueError) as exc:  # h5py and json say what is wrong with the file; not a retry's matter
+        raise StepError(f"cannot read the model {model_path} or its card: {exc}; train it again "
+                        "(`alexnet run` or `dvc repro`) or restore it (`dvc checkout train`)") from None
     classes = card.get("class_names", card["classes"])
     results = []
     for name in images:

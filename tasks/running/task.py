@@ -1,4 +1,5 @@
-"""A step as a Prefect task: named after it, cached by content, retried if it uses the network."""
+"""A step as a Prefect task: named after it, cached by content, retried if it uses the network
+(network failures only: a person's mistake or a full disk is not retried)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from tasks.config import Config
+from tasks.errors import retryable
 from tasks.running.cache import RESULTS_DIR, StepCache, cache_key, record_outputs
 from tasks.step import Step, Summary
 
@@ -19,6 +21,10 @@ def execute(step: Step, run: Callable[[Config, Path], Summary], cfg: Config, wor
     start = time.monotonic()
     summary = run(cfg, workdir)
     return {**summary, "seconds": round(time.monotonic() - start, 2)}
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    return retryable(state.result(raise_on_failure=False))
 
 
 def step_task(step: Step, run: Callable[[Config, Path], Summary]):
@@ -42,5 +48,6 @@ def step_task(step: Step, run: Callable[[Config, Path], Summary]):
         result_serializer="json",
         retries=2 if step.network else 0,
         retry_delay_seconds=exponential_backoff(backoff_factor=5) if step.network else 0,
+        retry_condition_fn=_worth_retrying,
         log_prints=True,
     )

@@ -78,15 +78,15 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
     if not is_dvc_repo(workdir):
         return {"committed": [], "note": "not a DVC repository; nothing committed"}
     stages = steps_matching_params_file(cfg, workdir)
-    synced = workdir / SYNCED
-    if keys and synced.is_file() and json.loads(synced.read_text()) == _state(workdir, keys, stages, cfg.dvc.push):
-        return {"committed": [], "pushed": [], "note": "already in sync with this run's outputs"}
     skipped = [s for s in STEP_NAMES if s not in stages]
     note = ""
     if skipped:
         note = (f"{', '.join(skipped)} ran with params that differ from {PARAMS_FILE}; "
                 "left uncommitted, so `dvc status` shows them as changed")
         log.warning(note)
+    synced = workdir / SYNCED
+    if keys and synced.is_file() and json.loads(synced.read_text()) == _state(workdir, keys, stages, cfg.dvc.push):
+        return {"committed": [], "pushed": [], "note": note or "already in sync with this run's outputs"}
     start = time.monotonic()
     if stages:
         done = dvc("commit", "--force", *stages, workdir=workdir)

@@ -15,17 +15,26 @@ from tasks import paths
 from tasks.errors import StepError
 from tasks.storage import files, shards
 
-INDEXES = {"downloaded": paths.IMAGE_INDEX, "canonical": paths.AUGMENT_INDEX}
+# Where to find images, and the step that writes it: the downloads' own index, or the split's copy of it
+# with each image's subset (the same columns plus `subset`), or the canonical images' index.
+INDEXES = {"downloaded": (paths.IMAGE_INDEX, "download"), "split": (paths.SPLIT, "split"),
+           "canonical": (paths.AUGMENT_INDEX, "augment")}
 
 
 def matching(workdir: Path, which: str = "downloaded", classes: list[str] | None = None,
              digests: list[str] | None = None, subset: str | None = None) -> Iterator[dict]:
     """Index rows of the images whose class is one of `classes` and whose digest starts with one of
-    `digests` (any, when not given), in the given subset (canonical images only)."""
-    index = workdir / INDEXES[which]
+    `digests` (any, when not given), in the given subset (downloaded images: as the split assigned)."""
+    if which == "downloaded" and subset:
+        which = "split"
+    name, step = INDEXES[which]
+    index = workdir / name
     if not index.is_file():
-        step = "download" if which == "downloaded" else "augment"
         raise StepError(f"missing {index}: run the {step} step first")
+    known = class_names(workdir)
+    if unknown := [name for name in classes or [] if known and name not in known]:
+        raise StepError(f"no class named {unknown[0]}: the classes are listed in {paths.CLASS_NAMES}, "
+                        f"e.g. {', '.join(known[:3])}")
     wanted_classes = set(classes or [])
     prefixes = tuple(d.lower() for d in digests or [])
     with open(index, newline="") as rows:
@@ -34,6 +43,15 @@ def matching(workdir: Path, which: str = "downloaded", classes: list[str] | None
                     and (not prefixes or row["sha256"].startswith(prefixes))
                     and (subset is None or row.get("subset") == subset)):
                 yield row
+
+
+def class_names(workdir: Path) -> list[str]:
+    """The classes the download step kept images of, in its order; empty before it ran."""
+    path = workdir / paths.CLASS_NAMES
+    if not path.is_file():
+        return []
+    with open(path, newline="") as rows:
+        return [row["class"] for row in csv.DictReader(rows)]
 
 
 def copy_out(rows: Iterator[dict], workdir: Path, out: Path) -> list[Path]:

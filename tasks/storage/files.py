@@ -38,9 +38,11 @@ def atomic_path(target: str | Path) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = os.fspath(target)  # a full disk's error names no file: say which one it stopped
         raise
 
 
