@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -134,12 +134,11 @@ class Checkpoint(keras.callbacks.Callback):
         state = json.loads(state_path.read_text())
         trainer.optimizer.build(trainer.trainable_variables)
         variables = training_state(trainer)
-        with np.load(self.folder / state["variables"]) as saved:
-            arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-        if [a.shape for a in arrays] != [tuple(v.shape) for v in variables]:
-            raise StepError(f"the checkpoint in {self.folder} does not fit this model; delete it to start over")
-        for variable, array in zip(variables, arrays):
-            variable.assign(array)
+        with h5py.File(self.folder / state["variables"], "r") as saved:
+            if [saved[str(i)].shape for i in range(len(saved))] != [tuple(v.shape) for v in variables]:
+                raise StepError(f"the checkpoint in {self.folder} does not fit this model; delete it to start over")
+            for i, variable in enumerate(variables):
+                variable.assign(saved[str(i)][()])
         self.history, self.remembered, self.stopped = state["history"], state["memory"], state["stopped"]
         return state["epoch"]
 
@@ -153,14 +152,15 @@ class Checkpoint(keras.callbacks.Callback):
         self.history.append({"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in (logs or {}).items()}})
         if self.folder is None:
             return
-        name = f"epoch-{epoch + 1}.npz"
-        with files.atomic_path(self.folder / name) as tmp:
-            np.savez(tmp, *[v.numpy() for v in training_state(self.model)])
+        name = f"epoch-{epoch + 1}.h5"
+        with files.atomic_path(self.folder / name) as tmp, h5py.File(tmp, "w") as out:
+            for i, variable in enumerate(training_state(self.model)):  # one array in host memory at a time
+                out[str(i)] = variable.numpy()
         memory = {type(rule).__name__: {k: _plain(getattr(rule, k)) for k in MEMORY[type(rule).__name__]}
                   for rule in self.rules}
         files.write_json(self.folder / "state.json", {"epoch": epoch + 1, "variables": name, "history": self.history,
                                                      "memory": memory, "stopped": bool(self.model.stop_training)})
-        for old in self.folder.glob("epoch-*.npz"):
+        for old in self.folder.glob("epoch-*.h5"):
             if old.name != name:
                 old.unlink()
 

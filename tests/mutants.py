@@ -3,6 +3,7 @@
     python tests/mutants.py              # every mutant: caught or missed, then a summary
     python tests/mutants.py NAME ...     # some of them
     python tests/mutants.py --list       # names, files and tests
+    python tests/mutants.py --pure       # cosmic-ray over the pure modules (tests/cosmic-ray.toml)
 
 Each mutant is a small edit where a silent error would cost users most: a model
 that learns the wrong labels, a resumed training that is not the one asked for, a
@@ -12,21 +13,29 @@ when they fail, `missed` when they pass. First, the same tests run on the unedit
 copy (`--no-baseline` skips that), so a catch is the edit's doing. A mutant whose
 text is no longer in its file is `stale`: the code moved, and the mutant should
 follow it. Slow (the training tests train): `make mutants`, not part of `make test`.
+
+`--pure` hands the modules that are pure functions of their input to cosmic-ray,
+which makes every mutation its operators can (a comparison turned, a constant
+changed, a `not` added, ...) and runs their fast tests on each: it prints the
+mutants that survived and the score.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+COSMIC_RAY = "tests/cosmic-ray.toml"
 
 
 @dataclass(frozen=True)
@@ -124,10 +133,34 @@ def verdict(code: int) -> str:
     return {0: "missed", 1: "caught"}.get(code, f"error (pytest exit {code})")
 
 
+def cosmic_ray(copy: Path) -> int:
+    """cosmic-ray's session over the copy (it edits the files it mutates): each survivor's diff, and the score."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for command in (["cosmic-ray", "init", COSMIC_RAY, "session.sqlite"],
+                    ["cr-filter-operators", "session.sqlite", COSMIC_RAY],
+                    ["cosmic-ray", "exec", COSMIC_RAY, "session.sqlite"]):
+        subprocess.run(command, cwd=copy, env=env, check=True)
+    dump = subprocess.run(["cosmic-ray", "dump", "session.sqlite"], cwd=copy, env=env, capture_output=True,
+                          text=True, check=True).stdout
+    outcomes = Counter()
+    for job, result in map(json.loads, dump.splitlines()):
+        if result["worker_outcome"] == "skipped":  # left out by the config's filter
+            continue
+        outcomes[result["test_outcome"]] += 1
+        if result["test_outcome"] == "survived":
+            print(f"survived: {job['mutations'][0]['operator_name']}\n{result['diff']}")
+    tried = outcomes["killed"] + outcomes["survived"]
+    print(f"cosmic-ray: {outcomes['killed']} of {tried} mutants killed ({outcomes['killed'] / max(tried, 1):.1%}), "
+          f"{outcomes['incompetent']} incompetent (the module no longer imports)")
+    return 0 if not outcomes["survived"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help="mutants to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutants and their tests")
+    parser.add_argument("--pure", action="store_true", help=f"run cosmic-ray as {COSMIC_RAY} says")
     parser.add_argument("--no-baseline", action="store_true", help="skip running the tests on the unedited copy")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for one mutant's tests (default 1800)")
     args = parser.parse_args(argv)
@@ -142,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="alexnet-mutants-") as folder:
         copy = scratch_copy(Path(folder))
+        if args.pure:
+            return cosmic_ray(copy)
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
             start = time.monotonic()

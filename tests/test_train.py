@@ -264,7 +264,7 @@ def test_training_killed_with_sigkill_resumes_exactly(three, learned):
     # The paper's rule: the rate divided on a plateau, and early stopping; what both remember is state too.
     {"train": {"schedule": "plateau", "patience": 1, "early_stopping": 3, "epochs": 5, "cache": True}},
     # Mixed precision (float16 with its loss scale) and Adam.
-    {"train": {"epochs": 4, "mixed_precision": "float16", "optimizer": "adam", "learning_rate": 0.001}},
+    {"train": {"epochs": 3, "mixed_precision": "float16", "optimizer": "adam", "learning_rate": 0.001}},
 ], ids=["plateau-early-stopping-cache", "float16-adam"])
 def test_a_resumed_training_is_exact_whatever_its_settings(three, sections, tmp_path):
     cfg = validate(params(**sections))
@@ -321,7 +321,7 @@ def test_mixed_precision_training_saves_a_float32_model_of_the_trained_weights(t
     assert np.isfinite(summary["loss"])
     trained = built[0]
     saved = keras.models.load_model(three / paths.MODEL, compile=False)
-    assert {layer.dtype_policy.name for layer in trained.layers if layer.weights} == {"mixed_bfloat16"}
+    assert trained.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     assert keras.mixed_precision.global_policy().name == "float32"  # the run leaves the policy as it was
     for got, expected in zip(saved.get_weights(), trained.get_weights(), strict=True):
