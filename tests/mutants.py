@@ -57,7 +57,7 @@ MUTANTS = (
            (f"{STEPS}::test_augment_writes_canonical_images_as_shards_stats_and_preview",
             f"{TRAIN}::test_alexnet_predict_names_validation_images_by_their_own_class")),
     Mutant("resume-from-fresh-weights", "tasks/train.py",
-           "variable.assign(array)", "pass", (RESUMED,)),
+           "variable.assign(saved[str(i)][()])", "pass", (RESUMED,)),
     Mutant("resume-without-optimizer-state", "tasks/train.py",
            "return [*trainer.variables, *trainer.optimizer.variables]", "return [*trainer.variables]", (RESUMED,)),
     Mutant("resume-without-dropout-state", "tasks/train.py",  # what Keras's weights files hold
