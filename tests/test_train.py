@@ -160,7 +160,8 @@ def test_scores_give_top_k_errors():
                               [0.3, 0.05, 0.25, 0.15, 0.12, 0.1, 0.03],  # true 1: rank 6 -> top-5 miss
                               [0.4, 0.1, 0.3, 0.1, 0.05, 0.03, 0.02]])  # true 2: rank 2 -> top-1 miss
     result = evaluate.scores(np.array([0, 0, 6, 1, 1, 2]), probabilities, [f"c{i}" for i in range(7)])
-    assert result["top1_error"] == pytest.approx(5 / 6, abs=1e-4) and result["top5_error"] == pytest.approx(2 / 6, abs=1e-4)
+    assert result["top1_error"] == pytest.approx(5 / 6, abs=1e-4)
+    assert result["top5_error"] == pytest.approx(2 / 6, abs=1e-4)
     assert result["per_class"].set_index("class").loc["c0"].to_dict() == {  # predicted 5 times, 1 of them right
         "precision": 0.2, "recall": 0.5, "f1": 0.2857, "support": 2}
 
