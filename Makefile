@@ -12,7 +12,7 @@ export AWS_EC2_METADATA_DISABLED := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench mutants
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,10 @@ bench: install
 	python bench/input_pipeline.py
 	python bench/train_step.py
 	# bench/gpu.py needs a GPU and JAX (pip install -e '.[jax]'): run it on one, see docs/benchmarks.md
+
+# Breakages the tests must catch, each on a scratch copy with the tests that guard it, then
+# cosmic-ray over the pure modules (docs/testing.md). Slow: the training tests train.
+mutants: install
+	$(BIN)/pip install --quiet -e '.[mutants]'
+	python tests/mutants.py
+	python tests/mutants.py --pure

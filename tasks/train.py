@@ -5,7 +5,8 @@ reloads with `keras.models.load_model` after `import tasks.learning.model`. A mo
 beside it records what it was trained on. Training runs on every visible GPU
 (MirroredStrategy), with mixed precision and XLA where they pay, and checkpoints
 every epoch: a run killed at any point and started again resumes from its last
-checkpoint and ends with the same epochs and a complete history.
+checkpoint and ends with the weights, history and metrics of an uninterrupted run
+(on a CPU, bit for bit).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import keras
 import pandas as pd
 import tensorflow as tf
@@ -94,40 +95,77 @@ class EpochProgress(keras.callbacks.Callback):
         self.progress.__exit__()
 
 
-class Checkpoint(keras.callbacks.Callback):
-    """After every epoch: weights with optimizer state, and the history so far.
+def training_state(trainer: keras.Model) -> list:
+    """Every variable the next training step depends on: the weights, the optimizer's (step count, momentum,
+    learning rate, loss scale) and the random generators' (dropout's). Keras's weights files leave the last
+    out, and a run resumed without them drops other units than the uninterrupted one."""
+    return [*trainer.variables, *trainer.optimizer.variables]
 
-    Each write is atomic and the state file names its weights file, so a kill at
+
+# What the learning-rate and early-stopping rules remember from epoch to epoch (Keras resets it as fit begins).
+MEMORY = {"ReduceLROnPlateau": ("best", "wait", "cooldown_counter"),
+          "EarlyStopping": ("best", "best_epoch", "wait", "stopped_epoch")}
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch: the whole training state, and the history so far.
+
+    The state is every variable (`training_state`) and the memory of the rules
+    (`MEMORY`); the batches are a function of the seed and the epoch. So a run
+    resumed from a checkpoint goes on exactly as the uninterrupted one would have.
+    Each write is atomic and the state file names its variables file, so a kill at
     any moment leaves the previous epoch's checkpoint or this one, never a mix.
     """
 
-    def __init__(self, folder: Path | None, history: list[dict]):
+    def __init__(self, folder: Path | None):
         super().__init__()
-        self.folder, self.history = folder, history
+        self.folder, self.history = folder, []
+        self.rules: list[keras.callbacks.Callback] = []  # the callbacks whose MEMORY is part of the state
+        self.remembered: dict = {}
+        self.stopped = False  # early stopping had ended the training
 
-    @staticmethod
-    def restore(folder: Path, net: keras.Model) -> tuple[int, list[dict]]:
-        """(epochs done, history rows) from `folder`, loading its weights into `net`; (0, []) if none."""
-        state_path = folder / "state.json"
-        if not state_path.is_file():
-            return 0, []
+    def restore(self, trainer: keras.Model) -> int:
+        """Epochs done: the last checkpoint loaded into `trainer` and this callback (0 if there is none)."""
+        state_path = self.folder / "state.json" if self.folder else None
+        if not (state_path and state_path.is_file()):
+            return 0
         state = json.loads(state_path.read_text())
-        net.optimizer.build(net.trainable_variables)
-        net.load_weights(folder / state["weights"])
-        return state["epoch"], state["history"]
+        trainer.optimizer.build(trainer.trainable_variables)
+        variables = training_state(trainer)
+        with h5py.File(self.folder / state["variables"], "r") as saved:
+            if [saved[str(i)].shape for i in range(len(saved))] != [tuple(v.shape) for v in variables]:
+                raise StepError(f"the checkpoint in {self.folder} does not fit this model; delete it to start over")
+            for i, variable in enumerate(variables):
+                variable.assign(saved[str(i)][()])
+        self.history, self.remembered, self.stopped = state["history"], state["memory"], state["stopped"]
+        return state["epoch"]
+
+    def on_train_begin(self, logs=None):
+        # After the rules' own on_train_begin (this callback comes last), which forgets what they remembered.
+        for rule in self.rules:
+            for name, value in self.remembered.get(type(rule).__name__, {}).items():
+                setattr(rule, name, value)
 
     def on_epoch_end(self, epoch, logs=None):
         self.history.append({"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in (logs or {}).items()}})
         if self.folder is None:
             return
-        name = f"epoch-{epoch + 1}.weights.h5"
-        partial = self.folder / f"partial-{name}"  # Keras wants the .weights.h5 suffix
-        self.model.save_weights(partial)
-        os.replace(partial, self.folder / name)
-        files.write_json(self.folder / "state.json", {"epoch": epoch + 1, "weights": name, "history": self.history})
-        for old in self.folder.glob("*.weights.h5"):
+        name = f"epoch-{epoch + 1}.h5"
+        with files.atomic_path(self.folder / name) as tmp, h5py.File(tmp, "w") as out:
+            for i, variable in enumerate(training_state(self.model)):  # one array in host memory at a time
+                out[str(i)] = variable.numpy()
+        memory = {type(rule).__name__: {k: _plain(getattr(rule, k)) for k in MEMORY[type(rule).__name__]}
+                  for rule in self.rules}
+        files.write_json(self.folder / "state.json", {"epoch": epoch + 1, "variables": name, "history": self.history,
+                                                     "memory": memory, "stopped": bool(self.model.stop_training)})
+        for old in self.folder.glob("epoch-*.h5"):
             if old.name != name:
                 old.unlink()
+
+
+def _plain(value):
+    """A rule's remembered number as JSON takes it (Keras keeps some as NumPy scalars)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def resume_folder(cfg: Config, workdir: Path) -> Path:
@@ -150,7 +188,9 @@ def callbacks(cfg: Config, logs: Path, checkpoint: Checkpoint, done: int, valida
                                                        min_lr=1e-6, verbose=1))
     if cfg.train.early_stopping:
         found.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=cfg.train.early_stopping, verbose=1))
-    # Last, so the checkpoint holds the rate the plateau rule has just set.
+    # Last, so the checkpoint holds the rate the plateau rule has just set, and restores what the rules
+    # remember after they reset it.
+    checkpoint.rules = [c for c in found if type(c).__name__ in MEMORY]
     return [*found, checkpoint]
 
 
@@ -216,7 +256,8 @@ def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index
             # Batches come as uint8 pixels and colour shifts (tasks.learning.pipeline); the model that
             # takes them shares its weights with `net`, which is what is saved.
             trainer = compile_model(pipeline.training_model(net), cfg, steps)
-            done, history = Checkpoint.restore(folder, trainer) if folder else (0, [])
+            checkpoint = Checkpoint(folder)
+            done = checkpoint.restore(trainer)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     print(f"train: {device_note(distribution.num_replicas_in_sync, policy)}; {len(train_index)} training and "
@@ -231,8 +272,7 @@ def fit(cfg: Config, workdir: Path, classes: list[str], stats: dict, train_index
     train_ds = pipeline.training_set(train_index, cfg.augment, stats, t.batch_size, cfg.base.seed, t.epochs,
                                      first_epoch=done, cache=t.cache)
     val_ds = pipeline.validation_set(val_index, cfg.augment, t.batch_size) if len(val_index) else None
-    checkpoint = Checkpoint(folder, history)
-    if done < t.epochs:
+    if done < t.epochs and not checkpoint.stopped:
         trainer.fit(
             train_ds,
             validation_data=val_ds,
@@ -265,7 +305,9 @@ def run(cfg: Config, workdir: Path) -> Summary:
     net, history, resumed = fit(cfg, workdir, classes, stats, train_index, val_index)
     seconds = time.monotonic() - start
 
-    files.write_csv(workdir / paths.HISTORY, pd.DataFrame(history))
+    # One column order, whether the rows came from this process or from a checkpoint.
+    frame = pd.DataFrame(history)
+    files.write_csv(workdir / paths.HISTORY, frame[["epoch", *sorted(c for c in frame if c != "epoch")]])
     save_model(net, workdir / paths.MODEL)
     final = {k: v for k, v in history[-1].items() if k != "epoch"}
     card = {

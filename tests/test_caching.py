@@ -21,8 +21,10 @@ import pytest
 
 from conftest import free_port, latest_flow_run, make_project, run, task_states, tiny_params
 from tasks import paths
+from tasks.params import load_config
 from tasks.running import lock
-from tasks.step import STEP_NAMES
+from tasks.running.cache import RESULTS_DIR, cache_key
+from tasks.step import STEP_NAMES, load_step
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +56,15 @@ def test_nothing_changed_reuses_every_step(project):
     assert "DVC: already in sync with this run's outputs" in project.output
     status = run([sys.executable, "-m", "dvc", "status"], project.dir).stdout
     assert status.strip() == "Data and pipelines are up to date."
+
+
+def test_results_live_in_the_project_one_per_step_under_its_cache_key(project):
+    """Before any other scenario: each step has run once, and its result is in the project, named by the key of
+    what it read."""
+    cfg = load_config(project.dir / "params.yaml")
+    keys = {cache_key(load_step(name).STEP, cfg, project.dir) for name in STEP_NAMES}
+    assert len(keys) == len(STEP_NAMES)
+    assert {p.name for p in (project.dir / RESULTS_DIR).iterdir()} == keys
 
 
 def test_a_train_param_reruns_train_and_evaluate_only(project):
@@ -122,11 +133,6 @@ def test_a_changed_step_module_reruns_that_step_and_what_its_output_feeds(projec
         assert project.flow() == CACHED
     finally:
         module.write_text(source)
-
-
-def test_results_live_in_the_project(project):
-    results = list((project.dir / ".alexnet" / "results").iterdir())
-    assert len(results) >= len(STEP_NAMES)
 
 
 def wait_for_holder(project, process) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tarfile
@@ -90,15 +91,17 @@ def test_download_keeps_valid_images_in_shards_with_an_index(work, cfg):
 
 def test_download_gives_every_bad_url_a_reason(work):
     rows = manifest(work)
-    attempted = rows[rows["status"] != "skipped"]
-    kinds = attempted["url"].str.extract(r"/(dead|html|truncated|placeholder|duplicate)-\d+\.jpg$")[0]
+    needed = rows[rows["reason"] != "enough_images"]  # URLs past what the class needed are never fetched
+    kinds = needed["url"].str.extract(r"/(dead|html|truncated|placeholder|duplicate)-\d+\.jpg$")[0]
     reasons = {"dead": "http_404", "html": "not_image", "truncated": "truncated", "placeholder": "placeholder",
                "duplicate": "duplicate"}
-    seen = dict(zip(kinds.dropna(), attempted["reason"][kinds.notna()]))
-    assert len(seen) >= 3 and seen == {kind: reasons[kind] for kind in seen}
-    assert set(rows.loc[rows["status"] == "skipped", "reason"]) <= {"duplicate", "enough_images"}
-    failed = rows[rows["status"] == "failed"]
-    assert (failed["shard"] == "").all() and (failed["reason"] != "").all()
+    bad = needed[kinds.notna()]
+    assert bad["reason"].tolist() == kinds.dropna().map(reasons).tolist() and bad["reason"].nunique() >= 3
+    assert bad["status"].tolist() == ["skipped" if r == "duplicate" else "failed" for r in bad["reason"]]
+    good = needed[kinds.isna()]
+    assert good["url"].str.fullmatch(r".*/\d+\.(jpg|png)").all() and (good["status"] == "ok").all()
+    assert (good["reason"] == "").all() and (good["shard"] != "").all()
+    assert (bad["shard"] == "").all()
 
 
 def test_download_validates_by_decoding_not_by_content_type(cfg):
@@ -140,16 +143,35 @@ def test_download_rerun_reuses_stored_images(work, cfg, tmp_path, source, port):
     assert after[after.status == "ok"][where].values.tolist() == before[before.status == "ok"][where].values.tolist()
 
 
+def drawn_subset(sha256: str, fraction: float, seed: int) -> str:
+    """The split's rule, computed here on its own: the first 8 bytes of SHA-256("<seed>:<digest>") as a
+    fraction of 2**64, validation below `fraction`."""
+    draw = int(hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()[:16], 16) / 2**64
+    return "validation" if draw < fraction else "train"
+
+
 def test_split_is_deterministic_stratified_and_disjoint(work, cfg):
     table = pd.read_csv(work / paths.SPLIT)
     assert set(table["subset"]) == {"train", "validation"}
     assert table.groupby("class")["subset"].nunique().eq(2).all()
     assert not set(table.loc[table.subset == "train", "sha256"]) & set(table.loc[table.subset == "validation", "sha256"])
     fraction, seed = cfg.split.validation_fraction, cfg.base.seed
-    assert [split.subset(d, fraction, seed) for d in table["sha256"]] == table["subset"].tolist()
+    assert table["subset"].tolist() == [drawn_subset(d, fraction, seed) for d in table["sha256"]]
     index = pd.read_csv(work / paths.IMAGE_INDEX)
     assert table[["sha256", "shard", "offset", "size"]].values.tolist() == \
         index[["sha256", "shard", "offset", "size"]].values.tolist()
+
+
+def test_another_seed_draws_another_split(work, cfg, tmp_path):
+    shutil.copytree(work / paths.IMAGES, tmp_path / paths.IMAGES)
+    other = cfg.model_copy(update={"base": cfg.base.model_copy(update={"seed": cfg.base.seed + 1})})
+    split.run(other, tmp_path)
+    before, after = pd.read_csv(work / paths.SPLIT), pd.read_csv(tmp_path / paths.SPLIT)
+    assert after["sha256"].tolist() == before["sha256"].tolist()
+    assert after["subset"].tolist() == [drawn_subset(d, cfg.split.validation_fraction, cfg.base.seed + 1)
+                                        for d in after["sha256"]]
+    moved = (after["subset"] != before["subset"]).sum()
+    assert moved >= len(before) // 10, moved  # about 2 f (1 - f) of the images move: 18 of 48 here
 
 
 def test_augment_writes_canonical_images_as_shards_stats_and_preview(work, cfg):
@@ -167,6 +189,10 @@ def test_augment_writes_canonical_images_as_shards_stats_and_preview(work, cfg):
         assert rows["sha256"].tolist() == sorted(rows["sha256"]) and rows["offset"].is_monotonic_increasing
     stats = json.loads((work / paths.STATS).read_text())
     assert stats["classes"] == ["bikes", "ships"]
+    # Each image's label is its class's place in the class list the model card gives the trained model.
+    card = json.loads((work / paths.MODEL_CARD).read_text())
+    assert card["classes"] == stats["classes"]
+    assert index["label"].tolist() == [card["classes"].index(c) for c in index["class"]]
     vec = np.array(stats["pca_eigvec"])
     assert np.allclose(vec.T @ vec, np.eye(3), atol=1e-6) and stats["pca_eigval"] == sorted(stats["pca_eigval"], reverse=True)
     assert all(0 < m < 255 for m in stats["mean"]) and all(s > 10 for s in stats["std"])
