@@ -7,14 +7,17 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.augment import augment_task
-from tasks.download import download_task
-from tasks.evaluate import evaluate_task
-from tasks.fetch_urls import fetch_urls_task
 from tasks.params import PARAMS_FILE, load_config
-from tasks.running import lock, report, versioning
-from tasks.split import split_task
-from tasks.train import train_task
+from tasks.running import console, lock, report, versioning
+
+# A worker's or `alexnet serve`'s flow-run process imports this module first: no TensorFlow start-up lines.
+with console.tensorflow_start_up():
+    from tasks.augment import augment_task
+    from tasks.download import download_task
+    from tasks.evaluate import evaluate_task
+    from tasks.fetch_urls import fetch_urls_task
+    from tasks.split import split_task
+    from tasks.train import train_task
 
 
 @flow(name="alexnet", log_prints=True)

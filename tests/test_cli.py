@@ -202,6 +202,16 @@ def test_the_filter_drops_tensorflows_start_up_lines_and_keeps_its_warnings_and_
     assert "failed call to cuInit" in run([sys.executable, "-c", with_driver], tmp_path).stderr
 
 
+def test_a_workers_flow_run_process_loads_the_flow_without_tensorflows_start_up_lines(tmp_path):
+    # `prefect worker start` and `alexnet serve` run each flow run in a process that imports flows/full.py first.
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    done = run([sys.executable, "-c", "import flows.full"], REPO, env=env)
+    assert "tensorflow" in run([sys.executable, "-c", "import flows.full, sys; print(sorted(sys.modules))"],
+                               REPO, env=env).stdout
+    for noise in NOISE:
+        assert noise not in done.stderr, f"{noise!r} in:\n{done.stderr}"
+
+
 def test_commands_that_need_neither_tensorflow_nor_prefect_do_not_import_them(tmp_path):
     code = ("import sys\nfrom flows import cli\n"
             "for argv in (['images', '--limit', '5'], ['--version'], ['--help']):\n"

@@ -69,6 +69,7 @@ def setup(debug: bool = False) -> None:
 @contextlib.contextmanager
 def tensorflow_start_up() -> Iterator[None]:
     """Around imports that may load TensorFlow: its start-up lines filtered out of stderr, devices found."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when TensorFlow loads: not its informational lines
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
