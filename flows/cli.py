@@ -53,7 +53,7 @@ def cmd_stage(args) -> int:
     with console.tensorflow_start_up():
         module = load_step(args.name)
     with lock.held(Path.cwd(), f"alexnet stage {args.name}", cfg.run.lock_timeout_s):
-        summary = execute(module.STEP, module.run, cfg, Path.cwd())
+        summary = execute(module.STEP, module.run, cfg, Path.cwd(), "alexnet stage")
     print(f"alexnet stage {args.name}: done in {summary['seconds']} s")
     return 0
 

@@ -40,7 +40,7 @@ def alexnet(params_file: str = PARAMS_FILE, overrides: list[str] | None = None) 
         evaluation = evaluate_task.submit(cfg, wait_for=[model])
         futures = {"fetch_urls": urls, "download": images, "split": split, "augment": augmented,
                    "train": model, "evaluate": evaluation}
-        summaries = {name: future.result() for name, future in futures.items()}
+        summaries = {name: report.outcome(future) for name, future in futures.items()}
         keys = {name: summary["cache_key"] for name, summary in summaries.items()}
         summaries["dvc"] = versioning.commit(cfg, Path.cwd(), keys)
         report.publish(summaries, cfg, Path.cwd())

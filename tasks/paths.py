@@ -4,6 +4,7 @@ These names are the contract between the steps, dvc.yaml and the CLI.
 """
 
 STATE = ".alexnet"  # the pipeline's own state: results, download records, checkpoints
+SUMMARIES = "summaries"  # <step>.json: the run that made a step's outputs (its cache key, digests, summary)
 URLS = "data/urls"  # <class>.txt, one URL per line
 IMAGES = "data/images"  # the kept images as shards (<id>.tar, members <class>/<sha256>.<ext>), index.csv
 IMAGE_INDEX = f"{IMAGES}/index.csv"  # one row per kept image: where it is (shard, offset, size), class, URL

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks import paths
 from tasks.config import Config
 from tasks.errors import StepError  # noqa: F401 (the steps import it from here)
 
@@ -49,6 +50,11 @@ class Step:
     @property
     def all_outputs(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots
+
+    @property
+    def record(self) -> str:
+        """The record of the run that made the outputs (`tasks.running.cache`), itself a DVC output."""
+        return f"{paths.SUMMARIES}/{self.name}.json"
 
     def code_files(self) -> list[Path]:
         return code_closure(self.module)

@@ -52,6 +52,8 @@ def project(prefect_server, tmp_path_factory):
 
 def test_nothing_changed_reuses_every_step(project):
     assert project.flow() == CACHED
+    # The summary says so, step by step, with the run that made the outputs and when.
+    assert project.output.count("cached: made by flow run '") == len(STEP_NAMES), project.output
     # ...and DVC, which the first run committed to, has nothing new to record.
     assert "DVC: already in sync with this run's outputs" in project.output
     status = run([sys.executable, "-m", "dvc", "status"], project.dir).stdout

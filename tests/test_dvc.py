@@ -16,7 +16,7 @@ from tasks.step import STEP_NAMES, load_step
 from tasks.storage import files
 
 DVC = [sys.executable, "-m", "dvc"]
-OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "logs")
+OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "logs", "summaries")
 
 
 def _names(entries) -> list[str]:
@@ -31,7 +31,7 @@ def test_dvc_stage_declares_what_the_step_reads_and_writes(name):
     assert stage["cmd"] == f"alexnet stage {name}"
     assert _names(stage["deps"]) == sorted([*step.deps, *code]), "dvc.yaml deps != data deps + code closure"
     assert _names(stage["params"]) == sorted(step.params)
-    assert _names(stage.get("outs")) == sorted(step.outs)
+    assert _names(stage.get("outs")) == sorted([*step.outs, step.record]), "outs != the step's outputs + its record"
     assert _names(stage.get("metrics")) == sorted(step.metrics)
     assert _names(stage.get("plots")) == sorted(step.plots)
     outputs = [entry for kind in ("outs", "metrics", "plots") for entry in stage.get(kind) or []]

@@ -1,28 +1,28 @@
-"""Content-keyed step caching: the key, the record of what a run produced, the policy.
+"""Content-keyed step caching, one cache for both front doors (the flow and `dvc repro`).
 
 A step's cache key covers what it reads: the content of its input files, its params
-sections and its code. A cache hit is honoured only while the outputs on disk are
-still the ones the run behind the key produced.
+sections and its code. Every run of a step, whichever door started it, leaves a
+record among its outputs (`summaries/<step>.json`): the key, the digests of the
+outputs it made, its summary and when it ran. DVC versions, pushes and pulls that
+record with the outputs, so a step whose record holds the current key and whose
+outputs are still the ones recorded is a cache hit on any machine: after a flow
+run, after `dvc repro`, after `dvc pull`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from prefect.cache_policies import CachePolicy
 
 from tasks import paths
 from tasks.config import Config
-from tasks.step import Step
+from tasks.step import Step, Summary
 from tasks.storage import files
 
 STATE_DIR = Path(paths.STATE)
 RESULTS_DIR = STATE_DIR / "results"  # Prefect result records, one per cache key
-OUTPUTS_DIR = STATE_DIR / "outputs"  # digests of the outputs each cache key produced
 
 
 def cache_key(step: Step, cfg: Config, workdir: Path) -> str:
@@ -38,42 +38,32 @@ def cache_key(step: Step, cfg: Config, workdir: Path) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def _outputs_record(workdir: Path, key: str) -> Path:
-    return workdir / OUTPUTS_DIR / f"{key}.json"
+def write_record(step: Step, workdir: Path, key: str, summary: Summary, ran_by: str) -> Summary:
+    """Record the run that just made the step's outputs; returns its summary, with when and by whom."""
+    summary = {**summary, "ran_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ran_by": ran_by}
+    outputs = files.digest_paths(list(step.all_outputs), workdir)
+    files.write_json(workdir / step.record, {"cache_key": key, "outputs": outputs, "summary": summary})
+    return summary
 
 
-def record_outputs(step: Step, workdir: Path, key: str) -> dict[str, str | None]:
-    digests = files.digest_paths(list(step.all_outputs), workdir)
-    files.write_json(_outputs_record(workdir, key), digests)
-    return digests
-
-
-def recorded_outputs(workdir: Path, key: str) -> dict[str, str | None] | None:
-    """Digests of the outputs the run behind `key` produced, if it finished."""
-    record = _outputs_record(workdir, key)
-    return json.loads(record.read_text()) if record.is_file() else None
+def read_record(step: Step, workdir: Path) -> dict | None:
+    """The record of the run that made the step's outputs; None if there is none (or it is unreadable)."""
+    try:
+        record = files.read_json(workdir / step.record)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and {"cache_key", "outputs", "summary"} <= record.keys() else None
 
 
 def outputs_intact(step: Step, workdir: Path, key: str) -> bool:
-    expected = recorded_outputs(workdir, key)
-    if expected is None:
+    """Whether the outputs on disk are what a run with this key made (so the step need not run)."""
+    record = read_record(step, workdir)
+    if record is None or record["cache_key"] != key:
         return False
+    expected = record["outputs"]
     return all(v is not None for v in expected.values()) and expected == files.digest_paths(
-        list(step.all_outputs), workdir
-    )
+        list(step.all_outputs), workdir)
 
 
-@dataclass
-class StepCache(CachePolicy):
-    """Prefect cache policy: key on inputs, honour a hit only if outputs are intact."""
-
-    step: Step | None = None
-
-    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters, **kwargs) -> str:
-        workdir = Path.cwd()
-        key = cache_key(self.step, inputs["cfg"], workdir)
-        if not outputs_intact(self.step, workdir, key):
-            # Outputs are missing or changed since the run that made this record:
-            # forget the record so Prefect runs the step again.
-            (workdir / RESULTS_DIR / key).unlink(missing_ok=True)
-        return key
+def missing_outputs(step: Step, workdir: Path) -> list[str]:
+    return [out for out in (*step.all_outputs, step.record) if not (workdir / out).exists()]

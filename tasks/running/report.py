@@ -45,6 +45,18 @@ def class_table(table: dict[str, dict[str, int]], limit: int = SHOWN, sort_by: s
             f"{smallest.to_string()}")
 
 
+def outcome(future) -> dict:
+    """A step task's summary, marked when it is a cache hit (a run earlier, through either door)."""
+    return {**future.result(), "cached": future.state.name == "Cached"}
+
+
+def how_it_ran(summary: dict) -> str:
+    """"ran in 3.1 s", or, for a cache hit, which run made its outputs and when."""
+    if not summary.get("cached"):
+        return f"ran in {summary['seconds']} s"
+    return f"cached: made by {summary.get('ran_by')} at {summary.get('ran_at')} in {summary['seconds']} s"
+
+
 def text(summaries: dict) -> str:
     """A short summary: images per class, validation accuracy, where the outputs are."""
     download = summaries.get("download", {})
@@ -60,9 +72,10 @@ def text(summaries: dict) -> str:
         if isinstance(ev.get("top5_error"), float):
             lines.append(f"  top-1 / top-5 error: {ev['top1_error']:.1%} / {ev['top5_error']:.1%}")
     lines += [f"  {name + ':':<22} {path}" for name, path in OUTPUTS.items()]
-    seconds = [f"{name} {s['seconds']}" for name, s in summaries.items() if "seconds" in s]
-    if seconds:
-        lines.append(f"  seconds: {', '.join(seconds)}")
+    steps = {name: s for name, s in summaries.items() if "cache_key" in s}
+    if steps:
+        lines.append("  steps:")
+        lines += [f"    {name:<11} {how_it_ran(s)}" for name, s in steps.items()]
     dvc = summaries.get("dvc", {})
     if dvc.get("committed"):
         lines.append(f"  DVC: committed {', '.join(dvc['committed'])}")
@@ -104,9 +117,9 @@ def markdown(summaries: dict, workdir: Path) -> str:
         f"- [{name}]({(workdir / path).resolve().as_uri()}) `{path}`"
         for name, path in OUTPUTS.items() if (workdir / path).exists()
     )
-    steps = "\n".join(f"| {name} | {s.get('seconds', '')} |" for name, s in summaries.items() if "step" in s)
+    steps = "\n".join(f"| {name} | {how_it_ran(s)} |" for name, s in summaries.items() if "cache_key" in s)
     return (f"# AlexNet run\n\n```\n{text(summaries).strip()}\n```\n\n## Outputs\n\n{links}\n\n"
-            f"## Steps\n\n| step | seconds |\n|---|---|\n{steps}\n")
+            f"## Steps\n\n| step | how it ran |\n|---|---|\n{steps}\n")
 
 
 def effective_params(cfg: Config, limit: int = SHOWN) -> dict:

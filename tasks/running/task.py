@@ -5,37 +5,80 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.cache_policies import CachePolicy
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from tasks.config import Config
 from tasks.errors import retryable
-from tasks.running.cache import RESULTS_DIR, StepCache, cache_key, record_outputs
+from tasks.running.cache import RESULTS_DIR, cache_key, missing_outputs, outputs_intact, read_record, write_record
 from tasks.step import Step, Summary
 
 
-def execute(step: Step, run: Callable[[Config, Path], Summary], cfg: Config, workdir: Path) -> Summary:
-    """Run a step the same way from Prefect, the CLI and DVC; the summary gets its wall time."""
+def execute(step: Step, run: Callable[[Config, Path], Summary], cfg: Config, workdir: Path, ran_by: str) -> Summary:
+    """Run a step the same way from Prefect, the CLI and DVC, and record the run among its outputs.
+
+    The summary gets its wall time, when and by whom it ran, and its cache key.
+    """
+    key = cache_key(step, cfg, workdir)
     start = time.monotonic()
     summary = run(cfg, workdir)
-    return {**summary, "seconds": round(time.monotonic() - start, 2)}
+    summary = write_record(step, workdir, key, {**summary, "seconds": round(time.monotonic() - start, 2)}, ran_by)
+    return {**summary, "cache_key": key}
 
 
 def _worth_retrying(task, task_run, state) -> bool:
     return retryable(state.result(raise_on_failure=False))
 
 
+@dataclass
+class StepCache(CachePolicy):
+    """Prefect cache policy: key on inputs; a hit is a step whose recorded run had this key and whose
+    outputs are still the ones it made, whichever door ran it and on whichever machine.
+
+    Missing outputs are first pulled from the DVC remote, as `dvc repro --pull` does. The
+    recorded summary becomes the Prefect result of the key, so the task run shows as Cached
+    with what the step said when it ran.
+    """
+
+    step: Step | None = None
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters, **kwargs) -> str:
+        # Imported here: pulling does not change what a step makes, so versioning stays out of its code key.
+        from tasks.running import versioning
+
+        workdir, say = Path.cwd(), get_run_logger().info
+        key = cache_key(self.step, inputs["cfg"], workdir)
+        intact = outputs_intact(self.step, workdir, key)
+        missing = missing_outputs(self.step, workdir)
+        if not intact and missing and versioning.can_pull(workdir):
+            say(f"{self.step.name}: {len(missing)} output(s) missing ({', '.join(missing[:3])}); "
+                "pulling them from the DVC remote")
+            said = versioning.pull(self.step.name, workdir)
+            intact = outputs_intact(self.step, workdir, key)
+            say(f"{self.step.name}: pulled from the DVC remote" if intact else
+                f"{self.step.name}: not fetched ({said or 'the remote holds outputs of other inputs'}); running it")
+        if intact:
+            summary = read_record(self.step, workdir)["summary"]
+            task_ctx.result_store.write(obj={**summary, "cache_key": key}, key=key)
+            say(f"{self.step.name}: cached; its outputs are those of the run by {summary.get('ran_by')} "
+                f"at {summary.get('ran_at')}")
+        else:
+            # No run made these outputs with these inputs: forget any result under this key.
+            (workdir / RESULTS_DIR / key).unlink(missing_ok=True)
+        return key
+
+
 def step_task(step: Step, run: Callable[[Config, Path], Summary]):
     """The Prefect task over `run`, named after the step, with content-keyed caching."""
 
     def body(cfg: Config) -> Summary:
-        workdir = Path.cwd()
-        key = cache_key(step, cfg, workdir)
-        summary = execute(step, run, cfg, workdir)
-        record_outputs(step, workdir, key)
-        return {**summary, "cache_key": key}  # what this result stands for (a cache hit returns it too)
+        return execute(step, run, cfg, Path.cwd(), f"flow run {flow_run.name!r}")
 
     body.__name__ = body.__qualname__ = step.name
     body.__doc__ = run.__doc__

@@ -1,4 +1,4 @@
-"""Keep DVC in sync with runs made outside `dvc repro` (Prefect flows).
+"""Keep DVC in sync with runs made outside `dvc repro` (Prefect flows), and pull from its remote.
 
 After a flow run, `dvc commit -f` records the outputs of every step whose effective
 params equal what params.yaml says, so `dvc status` is clean and `dvc repro` has
@@ -9,10 +9,15 @@ DVC takes a second or two to start; a run whose steps all stand for what the las
 commit recorded (same cache keys and the same outputs, so same inputs, code and
 results) while DVC's files are untouched since then has nothing to commit, and
 skips it.
+
+A flow that would run a step whose outputs are missing first pulls them from the
+DVC remote, as `dvc repro --pull` does (`pull`); the step's record then says
+whether they are what this run needs.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import subprocess
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from tasks.config import Config
 from tasks.params import PARAMS_FILE, ConfigError, load_config
-from tasks.running.cache import STATE_DIR, recorded_outputs
+from tasks.running.cache import STATE_DIR, read_record
 from tasks.step import STEP_NAMES, StepError, load_step
 from tasks.storage import files
 
@@ -62,9 +67,27 @@ def dvc_message(done: subprocess.CompletedProcess) -> str:
     return "\n".join(errors) or said or f"exit status {done.returncode}, nothing printed"
 
 
+def can_pull(workdir: Path) -> bool:
+    """Whether DVC has a pipeline record and a remote to pull from (read from its config, without starting DVC)."""
+    if not is_dvc_repo(workdir) or not (workdir / "dvc.lock").is_file():
+        return False
+    config = configparser.ConfigParser(strict=False, interpolation=None)
+    try:
+        config.read([workdir / ".dvc" / "config", workdir / ".dvc" / "config.local"])
+    except configparser.Error:
+        return False
+    return any(section.strip("'\"").startswith("remote ") for section in config.sections())
+
+
+def pull(stage: str, workdir: Path) -> str:
+    """`dvc pull <stage>`: the outputs dvc.lock records for it, from the remote; returns DVC's message on failure."""
+    done = dvc("pull", stage, workdir=workdir)
+    return "" if done.returncode == 0 else dvc_message(done)
+
+
 def _state(workdir: Path, keys: dict[str, str], stages: list[str], pushed: bool) -> dict:
-    """What a commit records: each step's key and outputs, DVC's own files, the push."""
-    steps = {s: [keys.get(s), keys.get(s) and recorded_outputs(workdir, keys[s])] for s in stages}
+    """What a commit records: each step's record (its key and outputs), DVC's own files, the push."""
+    steps = {s: keys.get(s) and read_record(load_step(s).STEP, workdir) for s in stages}
     dvc_files = files.digest_paths(["dvc.yaml", "dvc.lock", PARAMS_FILE], workdir)
     return {"steps": steps, "files": dvc_files, "pushed": pushed}
 
@@ -88,8 +111,16 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
     if keys and synced.is_file() and json.loads(synced.read_text()) == _state(workdir, keys, stages, cfg.dvc.push):
         return {"committed": [], "pushed": [], "note": note or "already in sync with this run's outputs"}
     start = time.monotonic()
+    # Only what DVC does not already record: committing an unchanged output would touch its file.
+    changed = []
     if stages:
-        done = dvc("commit", "--force", *stages, workdir=workdir)
+        done = dvc("status", "--json", *stages, workdir=workdir)
+        if done.returncode == 0:
+            changed = [s for s in stages if s in {name.rsplit(":", 1)[-1] for name in json.loads(done.stdout or "{}")}]
+        else:
+            changed = stages  # the commit says why, or finds DVC busy
+    if changed:
+        done = dvc("commit", "--force", *changed, workdir=workdir)
         if done.returncode != 0 and DVC_BUSY in done.stderr + done.stdout:
             # Not waiting: a `dvc repro` holding DVC's lock may be waiting for this run's lock to be released.
             busy = ("DVC is busy (another dvc command, such as `dvc repro`, has this repository): nothing "
@@ -98,6 +129,8 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
             return {"committed": [], "pushed": [], "note": busy}
         if done.returncode != 0:
             raise StepError(f"dvc commit failed: {dvc_message(done)}")
+    elif stages and not note:
+        note = "DVC already records this run's outputs"
     pushed = []
     if stages and cfg.dvc.push:
         remote = ["--remote", cfg.dvc.remote] if cfg.dvc.remote else []
@@ -107,4 +140,4 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
         pushed = stages
     if keys:
         files.write_json(synced, _state(workdir, keys, stages, cfg.dvc.push))
-    return {"committed": stages, "pushed": pushed, "note": note, "seconds": round(time.monotonic() - start, 2)}
+    return {"committed": changed, "pushed": pushed, "note": note, "seconds": round(time.monotonic() - start, 2)}

@@ -6,7 +6,7 @@ import pytest
 
 from tasks import download, fetch_urls, split, train
 from tasks.params import validate
-from tasks.running.cache import cache_key, outputs_intact, record_outputs
+from tasks.running.cache import cache_key, outputs_intact, write_record
 from tasks.step import STEP_NAMES, load_step
 
 
@@ -63,8 +63,9 @@ def test_outputs_are_honoured_only_while_they_are_what_the_run_made(tmp_path):
     for out in train.STEP.all_outputs:
         (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / out).write_text(out)
-    record_outputs(train.STEP, tmp_path, key)
+    write_record(train.STEP, tmp_path, key, {"epochs": 2}, "a test")
     assert outputs_intact(train.STEP, tmp_path, key)
+    assert not outputs_intact(train.STEP, tmp_path, "another key")  # made by a run with other inputs
     (tmp_path / "models" / "alexnet.h5").write_text("another model")
     assert not outputs_intact(train.STEP, tmp_path, key)
     (tmp_path / "models" / "alexnet.h5").unlink()
