@@ -97,6 +97,7 @@ def sha256_file(path: str | Path) -> str:
 # time (a write in the same timestamp tick could otherwise go unseen).
 RACY_NS = 20_000_000
 DIGESTS = ".alexnet/digests.sqlite"
+FLUSH = 10_000  # digests kept in memory before they are written
 
 
 class Digests:
@@ -127,11 +128,17 @@ class Digests:
 
     def __exit__(self, *exc) -> None:
         if self.db is not None:
+            self._save()
+            self.db.close()
+
+    def _save(self) -> None:
+        """Write the digests computed so far, in one transaction (a commit per row would sync the disk per file)."""
+        if self.db is not None:
             with contextlib.suppress(sqlite3.Error), self.db:
-                self.db.execute("BEGIN")  # one transaction: a commit per row would sync the disk per file
+                self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", self.fresh)
                 self.db.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?)", self.folders)
-            self.db.close()
+        self.fresh, self.folders = [], []
 
     def file(self, path: str, st: os.stat_result) -> str:
         """The digest of the file at `path` (absolute), whose `os.stat` is `st`."""
@@ -144,6 +151,8 @@ class Digests:
         hashed_ns = time.time_ns()
         digest = sha256_file(path)
         self.fresh.append((path, st.st_size, st.st_mtime_ns, st.st_ino, hashed_ns, digest))
+        if len(self.fresh) >= FLUSH:
+            self._save()
         return digest
 
     def path(self, path: str | Path) -> str | None:
@@ -155,10 +164,12 @@ class Digests:
             return None
         if not os.path.isdir(path):
             return self.file(path, st)
-        listed = list(_walk(path))
-        metadata = hashlib.sha256()
-        for relative, _, st in listed:
+        # Two walks rather than a list of every file's metadata: a folder of a million images costs
+        # the same memory as one of ten.
+        metadata, newest = hashlib.sha256(), 0
+        for relative, _, st in _walk(path):
             metadata.update(f"{relative}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+            newest = max(newest, st.st_mtime_ns)
         fingerprint = metadata.hexdigest()
         if self.db is not None:
             found = self.db.execute("SELECT sha256 FROM folders WHERE path = ? AND fingerprint = ?",
@@ -166,9 +177,9 @@ class Digests:
             if found:
                 return found[0]
         digest = hashlib.sha256()
-        for relative, file, st in listed:
+        for relative, file, st in _walk(path):
             digest.update(f"{relative}\0{self.file(file, st)}\n".encode())
-        if all(time.time_ns() - st.st_mtime_ns > RACY_NS for _, _, st in listed):  # none may still be changing
+        if time.time_ns() - newest > RACY_NS:  # none may still be changing
             self.folders.append((path, fingerprint, digest.hexdigest()))
         return digest.hexdigest()
 
