@@ -226,9 +226,7 @@ def main() -> None:
             print(f"{name:<20} batch {batch:>4} {result['images_per_s']:>9.0f} images/s on {result['device']} "
                   f"({time.monotonic() - start:.0f} s with start-up)", file=sys.stderr, flush=True)
     results["decode"] = decode_rates(args.decode_images, args.decode_seconds)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
-    report(results, args)
+    report(results, args)  # adds the projection
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

@@ -53,9 +53,8 @@ def _draw(img: np.ndarray, shape: str, rng: np.random.Generator) -> None:
     cx, cy = rng.uniform(scale, w - scale), rng.uniform(scale, h - scale)
     angle = rng.uniform(-0.4, 0.4)
     colour = tuple(float(c) for c in rng.integers(0, 256, 3))
-    star = [(math.cos(a) * r, math.sin(a) * r) for i, a in enumerate(np.linspace(-math.pi / 2, 1.5 * math.pi, 10,
-                                                                                  endpoint=False))
-            for r in [1.0 if i % 2 == 0 else 0.4]]
+    points = np.linspace(-math.pi / 2, 1.5 * math.pi, 10, endpoint=False)
+    star = [(math.cos(a) * r, math.sin(a) * r) for a, r in zip(points, [1.0, 0.4] * 5)]
     polygons = {
         "triangle": [(0, -1), (0.9, 0.7), (-0.9, 0.7)],
         "square": [(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75)],

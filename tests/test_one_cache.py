@@ -45,7 +45,7 @@ def origin(prefect_server, tmp_path_factory):
     run(["git", "add", "dvc.lock", ".dvc/config"], project)
     run([*GIT, "commit", "-qm", "first run"], project)
     env = {**prefect_server.env, "PYTHONPATH": str(project)}
-    return project, root, env
+    return project, env
 
 
 def flow(project: Path, env: dict, api: str, *overrides: str) -> tuple[dict[str, str], str]:
@@ -62,7 +62,7 @@ def clone(origin: Path, target: Path) -> Path:
 
 
 def test_what_dvc_repro_made_is_a_cache_hit_for_the_flow(origin, prefect_server):
-    project, _, env = origin
+    project, env = origin
     before = stamp(project)
     states, output = flow(project, env, prefect_server.api)
     assert states == CACHED
@@ -73,7 +73,7 @@ def test_what_dvc_repro_made_is_a_cache_hit_for_the_flow(origin, prefect_server)
 
 
 def test_a_clone_with_the_data_pulled_reuses_every_step(origin, prefect_server, tmp_path):
-    project, _, env = origin
+    project, env = origin
     teammate = clone(project, tmp_path / "teammate")
     run([*DVC, "pull"], teammate)
     assert run([*DVC, "status"], teammate).stdout.strip() == CLEAN
@@ -87,7 +87,7 @@ def test_a_clone_with_the_data_pulled_reuses_every_step(origin, prefect_server, 
 
 
 def test_a_clone_without_the_data_pulls_it_instead_of_recomputing(origin, prefect_server, tmp_path):
-    project, _, env = origin
+    project, env = origin
     teammate = clone(project, tmp_path / "teammate")
     assert not (teammate / paths.MODEL).exists()
     states, _ = flow(teammate, env, prefect_server.api)
@@ -100,7 +100,7 @@ def test_a_clone_without_the_data_pulls_it_instead_of_recomputing(origin, prefec
 
 
 def test_a_partial_remote_reruns_only_what_it_lacks(origin, prefect_server, tmp_path):
-    project, root, env = origin
+    project, env = origin
     partial = tmp_path / "partial-store"
     run([*DVC, "remote", "add", "--local", "partial", str(partial)], project)
     run([*DVC, "push", "--remote", "partial", "fetch_urls", "download", "split"], project)
@@ -112,7 +112,7 @@ def test_a_partial_remote_reruns_only_what_it_lacks(origin, prefect_server, tmp_
 
 def test_a_new_worker_with_the_data_pulled_takes_a_deployment_run_without_recomputing(origin, prefect_server,
                                                                                      tmp_path):
-    project, _, _ = origin
+    project, _ = origin
     worker_clone = clone(project, tmp_path / "worker")
     run([*DVC, "pull"], worker_clone)
     before = stamp(worker_clone)

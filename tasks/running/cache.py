@@ -55,14 +55,15 @@ def read_record(step: Step, workdir: Path) -> dict | None:
     return record if isinstance(record, dict) and {"cache_key", "outputs", "summary"} <= record.keys() else None
 
 
-def outputs_intact(step: Step, workdir: Path, key: str) -> bool:
-    """Whether the outputs on disk are what a run with this key made (so the step need not run)."""
+def intact_record(step: Step, workdir: Path, key: str) -> dict | None:
+    """The record, if the outputs on disk are what a run with this key made (so the step need not run)."""
     record = read_record(step, workdir)
     if record is None or record["cache_key"] != key:
-        return False
+        return None
     expected = record["outputs"]
-    return all(v is not None for v in expected.values()) and expected == files.digest_paths(
+    intact = all(v is not None for v in expected.values()) and expected == files.digest_paths(
         list(step.all_outputs), workdir)
+    return record if intact else None
 
 
 def missing_outputs(step: Step, workdir: Path) -> list[str]:

@@ -16,7 +16,7 @@ from prefect.tasks import exponential_backoff
 
 from tasks.config import Config
 from tasks.errors import retryable
-from tasks.running.cache import RESULTS_DIR, cache_key, missing_outputs, outputs_intact, read_record, write_record
+from tasks.running.cache import RESULTS_DIR, cache_key, intact_record, missing_outputs, write_record
 from tasks.step import Step, Summary
 
 
@@ -54,17 +54,17 @@ class StepCache(CachePolicy):
 
         workdir, say = Path.cwd(), get_run_logger().info
         key = cache_key(self.step, inputs["cfg"], workdir)
-        intact = outputs_intact(self.step, workdir, key)
-        missing = missing_outputs(self.step, workdir)
-        if not intact and missing and versioning.can_pull(workdir):
+        record = intact_record(self.step, workdir, key)
+        missing = [] if record else missing_outputs(self.step, workdir)
+        if missing and versioning.can_pull(workdir):
             say(f"{self.step.name}: {len(missing)} output(s) missing ({', '.join(missing[:3])}); "
                 "pulling them from the DVC remote")
             said = versioning.pull(self.step.name, workdir)
-            intact = outputs_intact(self.step, workdir, key)
-            say(f"{self.step.name}: pulled from the DVC remote" if intact else
+            record = intact_record(self.step, workdir, key)
+            say(f"{self.step.name}: pulled from the DVC remote" if record else
                 f"{self.step.name}: not fetched ({said or 'the remote holds outputs of other inputs'}); running it")
-        if intact:
-            summary = read_record(self.step, workdir)["summary"]
+        if record:
+            summary = record["summary"]
             task_ctx.result_store.write(obj={**summary, "cache_key": key}, key=key)
             say(f"{self.step.name}: cached; its outputs are those of the run by {summary.get('ran_by')} "
                 f"at {summary.get('ran_at')}")

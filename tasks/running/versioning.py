@@ -85,9 +85,9 @@ def pull(stage: str, workdir: Path) -> str:
     return "" if done.returncode == 0 else dvc_message(done)
 
 
-def _state(workdir: Path, keys: dict[str, str], stages: list[str], pushed: bool) -> dict:
+def _state(workdir: Path, stages: list[str], pushed: bool) -> dict:
     """What a commit records: each step's record (its key and outputs), DVC's own files, the push."""
-    steps = {s: keys.get(s) and read_record(load_step(s).STEP, workdir) for s in stages}
+    steps = {s: read_record(load_step(s).STEP, workdir) for s in stages}
     dvc_files = files.digest_paths(["dvc.yaml", "dvc.lock", PARAMS_FILE], workdir)
     return {"steps": steps, "files": dvc_files, "pushed": pushed}
 
@@ -108,7 +108,7 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
                 "left uncommitted, so `dvc status` shows them as changed")
         log.warning(note)
     synced = workdir / SYNCED
-    if keys and synced.is_file() and json.loads(synced.read_text()) == _state(workdir, keys, stages, cfg.dvc.push):
+    if keys and synced.is_file() and json.loads(synced.read_text()) == _state(workdir, stages, cfg.dvc.push):
         return {"committed": [], "pushed": [], "note": note or "already in sync with this run's outputs"}
     start = time.monotonic()
     # Only what DVC does not already record: committing an unchanged output would touch its file.
@@ -116,7 +116,8 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
     if stages:
         done = dvc("status", "--json", *stages, workdir=workdir)
         if done.returncode == 0:
-            changed = [s for s in stages if s in {name.rsplit(":", 1)[-1] for name in json.loads(done.stdout or "{}")}]
+            reported = {name.rsplit(":", 1)[-1] for name in json.loads(done.stdout or "{}")}
+            changed = [s for s in stages if s in reported]
         else:
             changed = stages  # the commit says why, or finds DVC busy
     if changed:
@@ -139,5 +140,5 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
             raise StepError(f"dvc push failed: {dvc_message(done)}")
         pushed = stages
     if keys:
-        files.write_json(synced, _state(workdir, keys, stages, cfg.dvc.push))
+        files.write_json(synced, _state(workdir, stages, cfg.dvc.push))
     return {"committed": changed, "pushed": pushed, "note": note, "seconds": round(time.monotonic() - start, 2)}

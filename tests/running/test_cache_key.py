@@ -6,7 +6,7 @@ import pytest
 
 from tasks import download, fetch_urls, split, train
 from tasks.params import validate
-from tasks.running.cache import cache_key, outputs_intact, write_record
+from tasks.running.cache import cache_key, intact_record, write_record
 from tasks.step import STEP_NAMES, load_step
 
 
@@ -59,17 +59,17 @@ def test_local_image_sources_are_part_of_the_keys(tmp_path):
 def test_outputs_are_honoured_only_while_they_are_what_the_run_made(tmp_path):
     cfg = validate({})
     key = cache_key(train.STEP, cfg, tmp_path)
-    assert not outputs_intact(train.STEP, tmp_path, key)  # nothing recorded yet
+    assert intact_record(train.STEP, tmp_path, key) is None  # nothing recorded yet
     for out in train.STEP.all_outputs:
         (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / out).write_text(out)
     write_record(train.STEP, tmp_path, key, {"epochs": 2}, "a test")
-    assert outputs_intact(train.STEP, tmp_path, key)
-    assert not outputs_intact(train.STEP, tmp_path, "another key")  # made by a run with other inputs
+    assert intact_record(train.STEP, tmp_path, key) is not None
+    assert intact_record(train.STEP, tmp_path, "another key") is None  # made by a run with other inputs
     (tmp_path / "models" / "alexnet.h5").write_text("another model")
-    assert not outputs_intact(train.STEP, tmp_path, key)
+    assert intact_record(train.STEP, tmp_path, key) is None
     (tmp_path / "models" / "alexnet.h5").unlink()
-    assert not outputs_intact(train.STEP, tmp_path, key)
+    assert intact_record(train.STEP, tmp_path, key) is None
 
 
 @pytest.mark.parametrize("name", STEP_NAMES)
