@@ -115,11 +115,12 @@ def commit(cfg: Config, workdir: Path, keys: dict[str, str] | None = None) -> di
     changed = []
     if stages:
         done = dvc("status", "--json", *stages, workdir=workdir)
-        if done.returncode == 0:
+        try:
             reported = {name.rsplit(":", 1)[-1] for name in json.loads(done.stdout or "{}")}
-            changed = [s for s in stages if s in reported]
-        else:
-            changed = stages  # the commit says why, or finds DVC busy
+        except ValueError:
+            reported = set(stages)
+        # A failed status commits everything: the commit then says why, or finds DVC busy.
+        changed = [s for s in stages if s in reported] if done.returncode == 0 else stages
     if changed:
         done = dvc("commit", "--force", *changed, workdir=workdir)
         if done.returncode != 0 and DVC_BUSY in done.stderr + done.stdout:
