@@ -33,7 +33,7 @@ from tasks.running import runners
 from tasks.running.progress import Progress
 from tasks.running.task import step_task
 from tasks.step import Step, StepError, Summary, code_closure
-from tasks.storage import canonical, files, shards
+from tasks.storage import canonical, files, in_place, shards
 from tasks.storage.canonical import Chunk, augment_chunk
 
 STEP = Step(
@@ -111,10 +111,12 @@ def code_version() -> str:
 
 
 def source_digests(workdir: Path) -> dict[str, str | None]:
-    """The download's shards by content (remembered by their metadata, so this costs what changed)."""
+    """The download's shards, and the sources it kept images in, by content (remembered by their metadata, so
+    this costs what changed). A source that is not what the download indexed stops the step here."""
+    in_place.check(workdir / paths.IMAGES, workdir, "download")
     folder = workdir / paths.IMAGES
     names = [f"{paths.IMAGES}/{e.name}" for e in os.scandir(folder) if e.name.endswith(shards.SUFFIX)]
-    return files.digest_paths(names, workdir)
+    return {**in_place.recorded(folder), **files.digest_paths(names, workdir)}
 
 
 def remove_unplanned(workdir: Path, planned: set[str], records: set[str]) -> None:

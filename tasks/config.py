@@ -186,6 +186,12 @@ class Download(Runner):
     max_pixels: int = Field(default=50_000_000, ge=1024)
     # Longer side is shrunk to this on store; null stores images as they came.
     max_side: int | None = Field(default=512, ge=32)
+    # Images already on this disk (ILSVRC-2012's tars, an uncompressed archive, a folder):
+    # in_place indexes them where they are, checked and never copied (data/images then
+    # holds the index, and only the images that had to be converted to RGB), and a
+    # source that changes afterwards stops the steps that read it; copy stores them in
+    # shards like downloads (to push them to a DVC remote for machines without the source).
+    local_images: Literal["in_place", "copy"] = "in_place"
     min_images_per_class: int = Field(default=10, ge=1)
     # Hosts that may resolve to loopback, private or other non-public addresses
     # (every other such destination is refused as blocked_host). The default is

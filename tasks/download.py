@@ -45,7 +45,7 @@ from tasks.running import report, runners
 from tasks.running.progress import Progress
 from tasks.running.task import step_task
 from tasks.step import Step, StepError, Summary
-from tasks.storage import files, shards
+from tasks.storage import files, in_place, shards
 
 STEP = Step(
     name="download",
@@ -120,9 +120,10 @@ def prune(workdir: Path, ledger: Ledger) -> None:
     a lowered cap) is rewritten without them; shards it keeps nothing from (an old
     class, a killed run's leftovers), and anything else in the folder, are removed.
     """
-    for shard in ledger.shards_to_prune():
+    for shard in filter(downloader.is_stored, ledger.shards_to_prune()):  # never a source kept in place
         ledger.moved(shard, shards.rewrite(os.path.join(workdir, shard), ledger.kept_members(shard)))
-    keep = {os.path.basename(p) for p in ledger.kept_shards() | {paths.IMAGE_INDEX, paths.CLASS_NAMES}}
+    keep = {os.path.basename(p) for p in filter(downloader.is_stored, ledger.kept_shards())}
+    keep |= {os.path.basename(p) for p in (paths.IMAGE_INDEX, paths.CLASS_NAMES)} | {in_place.RECORD}
     folder = workdir / paths.IMAGES
     for entry in os.scandir(folder) if folder.is_dir() else []:
         if entry.name not in keep:
@@ -160,13 +161,23 @@ def long_lived_objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def kept_in_place(cfg: Config, workdir: Path) -> dict[str, str]:
+    """The local archives and folders images may be kept in, with their digests (none when the params ask for
+    copies)."""
+    if cfg.download.local_images != "in_place":
+        return {}
+    return in_place.digests(sources.containers(cfg.data, workdir), workdir)
+
+
 def run(cfg: Config, workdir: Path) -> Summary:
-    """Download, validate and store the images of every class as shards; write the index and the manifest."""
+    """Download, validate and keep the images of every class (in shards, or where they are); write the index and
+    the manifest."""
     for cls in cfg.data.classes:
         if not (path := workdir / paths.URLS / f"{cls}.txt").is_file():
             raise StepError(f"missing URL list {path}: run the fetch_urls step first")
+    in_place.check(workdir / paths.URLS, workdir, "fetch_urls")  # the lists' archive offsets still hold
     files.remove_stale_temps(workdir / paths.IMAGES)
-    records = Records(workdir, cfg.download)
+    records, local = Records(workdir, cfg.download), kept_in_place(cfg, workdir)
     cap = cfg.data.images_per_class
     # Enough chunks at once that a chunk's slowest URL never leaves the threads idle.
     in_flight = max(2, 2 * math.ceil(cfg.download.workers / cfg.download.chunk_size))
@@ -174,7 +185,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
           mirror.serving_if_needed(cfg.data)):  # the demo source, when nothing else answers there
         for cls in cfg.data.classes:
             ledger.add_list(cls, url_list(workdir, cls))
-        records.start(ledger)
+        records.start(ledger, local)
         total = sum(ledger.sizes().values())
         with Progress("download", total, unit="url") as bar:
             try:
@@ -200,6 +211,7 @@ def run(cfg: Config, workdir: Path) -> Summary:
         prune(workdir, ledger)
         records.keep(ledger.fetched("ok"))  # as pruning left them
         write_index(workdir / paths.IMAGE_INDEX, ledger.index())
+        in_place.record(workdir / paths.IMAGES, local)
         names = cfg.data.display_names()
         files.write_csv(workdir / paths.CLASS_NAMES, pd.DataFrame(
             [(key, spec.wnid or "", names[key]) for key, spec in cfg.data.classes.items()],

@@ -15,7 +15,7 @@ from tasks.config import Config
 from tasks.running import report
 from tasks.running.task import step_task
 from tasks.step import Step, Summary
-from tasks.storage import files
+from tasks.storage import files, in_place
 
 STEP = Step(
     name="fetch_urls",
@@ -38,6 +38,8 @@ def run(cfg: Config, workdir: Path) -> Summary:
         stale.unlink()  # a class removed from params must not linger in the output
     for name, urls in lists.items():
         files.write_text(out / f"{name}.txt", "".join(f"{u}\n" for u in urls))
+    # The archives whose members the lists give by offset: the download checks they are unchanged.
+    in_place.record(out, in_place.digests(sources.containers(cfg.data, workdir, folders=False), workdir))
     counts = {name: len(urls) for name, urls in lists.items()}
     print(f"fetch_urls: {sum(counts.values())} entries for {len(counts)} classes\n"
           + report.class_table({name: {"entries": n} for name, n in counts.items()}))

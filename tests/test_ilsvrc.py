@@ -70,8 +70,13 @@ def test_the_miniature_goes_end_to_end_with_the_official_validation_set(held, tm
     index = pd.read_csv(tmp_path / paths.IMAGE_INDEX, keep_default_na=False)
     assert index["member"].str.endswith(".png").sum() == 1  # the PNG named .JPEG, stored as what it is
     assert {p.name for p in folder.iterdir()} == set(before)  # nothing extracted next to the archives
-    stored = (tmp_path / paths.IMAGES).iterdir()
-    assert all(p.suffix == ".tar" or p.name in ("index.csv", "classes.csv") for p in stored)
+    # Read in place: the index points into the archives, and data/images stores only what had to be
+    # converted (the CMYK JPEG, as RGB), with the archives' digests.
+    trains = sum(map(len, found["train"].values()))
+    assert index["shard"].str.endswith("ILSVRC2012_img_train.tar").sum() == trains - 1
+    assert index["shard"].str.endswith("ILSVRC2012_img_val.tar").sum() == 12
+    assert {p.suffix for p in (tmp_path / paths.IMAGES).iterdir()} == {".csv", ".json", ".tar"}
+    assert sum(p.stat().st_size for p in (tmp_path / paths.IMAGES).glob("*.tar")) < 50_000
     names = pd.read_csv(tmp_path / paths.CLASS_NAMES)
     assert names["name"].tolist() == ["tench", "English springer", "cassette player"]
 

@@ -37,15 +37,19 @@ class ArchiveError(StepError):
     """An archive that cannot be used; the message names it and says why."""
 
 
-def entry(archive: Path, member: Member, workdir: Path) -> str:
-    """The list entry of a member of `archive` (relative to `workdir` when inside it)."""
-    path = Path(os.path.abspath(archive))
+def location(path: Path, workdir: Path) -> str:
+    """How entries and the image index name a local file: relative to `workdir` when inside it, else absolute."""
+    path = Path(os.path.abspath(path))
     try:
-        location = path.relative_to(workdir.resolve()).as_posix()
+        return path.relative_to(workdir.resolve()).as_posix()
     except ValueError:
-        location = path.as_posix()
+        return path.as_posix()
+
+
+def entry(archive: Path, member: Member, workdir: Path) -> str:
+    """The list entry of a member of `archive`."""
     name, offset, size = member
-    return f"tar:{quote(location)}#{offset}+{size}/{name}"
+    return f"tar:{quote(location(archive, workdir))}#{offset}+{size}/{name}"
 
 
 def parse(text: str, workdir: Path) -> tuple[Path, int, int] | None:
@@ -54,6 +58,12 @@ def parse(text: str, workdir: Path) -> tuple[Path, int, int] | None:
     if not match:
         return None
     return workdir / unquote(match["path"]), int(match["offset"]), int(match["size"])
+
+
+def where(text: str) -> tuple[str, int] | None:
+    """(the archive as the entry names it, the member's data offset) of an entry; None if it is not one."""
+    match = ENTRY.match(text)
+    return (unquote(match["path"]), int(match["offset"])) if match else None
 
 
 def unsafe(name: str) -> bool:

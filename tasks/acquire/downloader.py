@@ -30,7 +30,7 @@ from pathlib import Path
 from tasks import paths
 from tasks.acquire import archives, images, sources, web
 from tasks.config import Config, Download
-from tasks.storage import files, shards
+from tasks.storage import files, in_place, shards
 
 COLUMNS = ["url", "class", "source_subset", "status", "reason", "shard", "member", "offset", "size", "sha256",
            "width", "height", "bytes", "attempts", "elapsed_s"]
@@ -198,17 +198,30 @@ class Downloader:
             data = os.pread(archive.fileno(), size, member[1])
         return web.Fetched(data, "" if len(data) == size else "truncated", 1)
 
+    def in_place(self, entry: str) -> tuple[str, int] | None:
+        """Where a local image's bytes are (the file as the index names it, and their offset in it), when the
+        params keep local images in place; None for a download."""
+        if self.cfg.download.local_images != "in_place" or not entry.startswith(("file:", "tar:")):
+            return None
+        return archives.where(entry) or (archives.location(sources.local_path(entry, self.workdir), self.workdir), 0)
+
     def store(self, url: str, cls: str, got: web.Fetched) -> tuple[Row, bytes | None]:
         """Validate one fetched body: its row, and the bytes to store if it is kept."""
         cfg = self.cfg.download
         row, start, stored = Row(url=url, cls=cls), time.monotonic(), None
         row.reason, row.attempts, row.bytes = got.reason, got.attempts, len(got.body)
         if got.ok:
-            checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders, cfg.max_side)
+            where = self.in_place(url)  # kept where it is as it is: no store, so no size to shrink it to
+            checked = images.check(got.body, cfg.min_side, cfg.max_pixels, self.placeholders,
+                                   None if where else cfg.max_side)
             row.reason, row.sha256 = checked.reason, checked.sha256
             if not checked.reason:
-                stored, ext, (row.height, row.width) = images.for_store(got.body, checked, cfg.max_side)
-                row.member, row.size, row.status = f"{cls}/{checked.sha256}.{ext}", len(stored), "ok"
+                if where and checked.storable_as_is:
+                    (row.shard, row.offset), ext = where, images.extension(got.body)
+                    row.height, row.width = checked.size
+                else:  # downloaded, or to be converted to 8-bit RGB: stored in the chunk's shard
+                    stored, ext, (row.height, row.width) = images.for_store(got.body, checked, cfg.max_side)
+                row.member, row.size, row.status = f"{cls}/{checked.sha256}.{ext}", len(stored or got.body), "ok"
         row.elapsed_s = round(got.elapsed_s + time.monotonic() - start, 3)
         return row, stored
 
@@ -266,6 +279,11 @@ def close_shared() -> None:
 # --- records of finished chunks -----------------------------------------------------
 
 
+def is_stored(shard: str) -> bool:
+    """Is this index location one of the download's shards (rather than a source the image was kept in)?"""
+    return shard.startswith(f"{paths.IMAGES}/")
+
+
 class Records:
     """Finished rows, one CSV per chunk, in .alexnet/download/<settings>/.
 
@@ -274,7 +292,7 @@ class Records:
     """
 
     def __init__(self, workdir: Path, cfg: Download):
-        settings = {k: getattr(cfg, k) for k in ("min_side", "max_side", "max_pixels", "max_bytes")}
+        settings = {k: getattr(cfg, k) for k in ("min_side", "max_side", "max_pixels", "max_bytes", "local_images")}
         settings["placeholders"] = sorted(cfg.placeholder_digests)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.workdir, self.folder = workdir, workdir / RECORDS_DIR / key
@@ -282,12 +300,14 @@ class Records:
     def paths(self) -> list[Path]:
         return sorted(self.folder.glob("*.csv")) if self.folder.is_dir() else []
 
-    def start(self, ledger) -> None:
+    def start(self, ledger, sources: dict[str, str]) -> None:
         """Begin a run: keep the `ok` rows whose image is still in its shard, forget the rest.
 
-        Failed URLs get another try in every run. The kept rows are written to one
-        file before the old ones go, so a kill in here loses nothing. `ledger` (a
-        `tasks.acquire.ledger.Ledger`) merges the old files; it is left empty.
+        Rows of images kept in place are kept while `sources` (the digests of the local
+        archives and folders) are those the records were made from. Failed URLs get another
+        try in every run. The kept rows are written to one file before the old ones go, so
+        a kill in here loses nothing. `ledger` (a `tasks.acquire.ledger.Ledger`) merges the
+        old files; it is left empty.
         """
         if self.folder.parent.is_dir():
             for other in self.folder.parent.iterdir():
@@ -295,9 +315,12 @@ class Records:
                     shutil.rmtree(other, ignore_errors=True)
         files.remove_stale_temps(self.folder)
         self.load(ledger)
+        unchanged = in_place.recorded(self.folder) == sources
         with shards.Reader() as reader:
             self.keep(r for r in ledger.fetched("ok")
-                      if reader.holds(os.path.join(self.workdir, r.shard), r.member, r.offset, r.size))
+                      if (unchanged if not is_stored(r.shard) else
+                          reader.holds(os.path.join(self.workdir, r.shard), r.member, r.offset, r.size)))
+        files.write_json(self.folder / in_place.RECORD, sources)  # after the rows it vouches for are kept
         ledger.forget_fetched()
 
     def keep(self, rows: Iterable[Row]) -> None:
@@ -322,7 +345,7 @@ class Records:
 
 def write_shard(workdir: Path, chunk: Chunk, rows: list[Row], spool: Spool) -> None:
     """The chunk's kept images as its shard, in list order (an image kept twice is stored once)."""
-    kept = [(i, row) for i, row in enumerate(rows) if row.status == "ok"]
+    kept = [(i, row) for i, row in enumerate(rows) if row.status == "ok" and not row.shard]  # not kept in place
     if not kept:
         return
     offsets: dict[str, int] = {}

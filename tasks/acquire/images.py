@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from tasks.storage import files
+from tasks.storage.jpeg import frame as jpeg_frame
 
 # Leading bytes of the formats OpenCV decodes: a body that starts like an image
 # but does not decode is `corrupt`, anything else is `not_image`.
@@ -48,45 +49,10 @@ class Checked:
     size: tuple[int, int] = (0, 0)  # (height, width), upright as later steps read it
 
 
-# JPEG frame headers (SOFn): every C0-CF marker but DHT, JPG and DAC. Markers without a length: SOI, RSTn, TEM.
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_STANDALONE = frozenset([0xD8, *range(0xD0, 0xD8), 0x01])
-_JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}  # by number of components, as Pillow names them
-
-
-def _jpeg_frame(data: bytes) -> tuple[int, int, str, str] | None:
-    """A JPEG's size and mode from its frame header, reading only the marker segments before the scan.
-
-    Much cheaper than Pillow's reader, which parses every table in Python. None when the
-    segments are not laid out as usual (Pillow then judges). With several frame headers,
-    the largest counts, so no later one can hide a decompression bomb.
-    """
-    found, at, end = None, 2, len(data)
-    while at + 4 <= end and data[at] == 0xFF:
-        marker = data[at + 1]
-        if marker == 0xFF or marker in _STANDALONE:  # a fill byte, or a marker without a segment
-            at += 1 if marker == 0xFF else 2
-            continue
-        if marker == 0xDA:  # start of scan: the headers are over
-            return found
-        length = int.from_bytes(data[at + 2:at + 4], "big")
-        if length < 2:
-            return None
-        if marker in _SOF:
-            if length < 8 or at + 10 > end:
-                return None
-            height, width = int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
-            if found is None or width * height > found[0] * found[1]:
-                mode = _JPEG_MODES.get(data[at + 9], "") if data[at + 4] == 8 else ""  # 8-bit layers only, as Pillow
-                found = (width, height, "JPEG", mode)
-        at += 2 + length
-    return None
-
-
 def _header(data: bytes) -> tuple[int, int, str, str] | None:
     """(width, height, format, mode) from the header alone, or None when Pillow cannot tell."""
     jpeg = data[:2] == b"\xff\xd8"
-    if jpeg and (frame := _jpeg_frame(data)):
+    if jpeg and (frame := jpeg_frame(data)):
         return frame
     try:
         with warnings.catch_warnings():  # about bombs and damaged EXIF: judged here, not worth a log line
@@ -175,6 +141,11 @@ def check(data: bytes, min_side: int, max_pixels: int, placeholders: frozenset[s
     return Checked(to_bgr8(image), "", digest, storable_as_is=as_is, size=image.shape[:2])
 
 
+def extension(data: bytes) -> str:
+    """The file extension of an image that can be kept as it came (a JPEG or a PNG)."""
+    return "png" if data[:4] == b"\x89PNG" else "jpg"
+
+
 def for_store(data: bytes, checked: Checked, max_side: int | None) -> tuple[bytes, str, tuple[int, int]]:
     """(bytes, extension, (height, width)) to store: the body as it came when possible, else re-encoded."""
     image, (h, w) = checked.image, checked.size
@@ -182,7 +153,7 @@ def for_store(data: bytes, checked: Checked, max_side: int | None) -> tuple[byte
         scale = max_side / max(h, w)
         image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     elif checked.storable_as_is:
-        return data, "png" if data[:4] == b"\x89PNG" else "jpg", (h, w)
+        return data, extension(data), (h, w)
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise RuntimeError("OpenCV could not encode a decoded image")

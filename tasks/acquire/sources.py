@@ -157,6 +157,19 @@ def local_archives(data: Data, workdir: Path) -> list[Path]:
     return [path.resolve() for path in found]
 
 
+def containers(data: Data, workdir: Path, folders: bool = True) -> list[str]:
+    """The local archives (and, with `folders`, image folders) the classes' sources read images from in place,
+    as entries and the image index name them."""
+    used = {data.source_of(name) for name in data.classes}
+    found = [workdir / REPACKED, *([workdir / data.archive] if data.archive and not is_url(data.archive) else [])] \
+        if "archive" in used else []
+    if "ilsvrc2012" in used:
+        found += [workdir / p for p in (data.ilsvrc2012.train, data.ilsvrc2012.val) if p]
+    if folders and "folder" in used:
+        found += local_roots(data, workdir)
+    return [archives.location(path, workdir) for path in found]
+
+
 def subset_of(name: str) -> str:
     """The subset an archive or folder path says an image is in: under `val/` or `validation/`, under
     `train/`, or neither ("")."""

@@ -14,6 +14,7 @@ killed or re-parametrised run redoes only the chunks whose output could differ.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,10 +26,18 @@ import numpy as np
 
 from tasks import paths
 from tasks.errors import StepError
-from tasks.storage import files, shards
+from tasks.storage import files, jpeg, shards
 
 RECORDS_DIR = Path(paths.STATE) / "augment"
 QUALITY = 95
+# Pixels of each training image the colour statistics are taken from: a fixed, seeded sample
+# of positions. Over a data set that is millions of pixels, and the mean, deviation and
+# principal components come within a small fraction of a grey level of all pixels' (bench/prep.py
+# measures how close); a float64 copy of every pixel cost as much as resizing the image.
+SAMPLES = 4096
+# libjpeg scales while decoding (DCT scaling), by these factors, for the cost of the smaller image.
+SCALED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+          8: cv2.IMREAD_REDUCED_COLOR_8}
 # An image row of a chunk: (sha256, class, source shard, member, offset, size).
 ImageRow = tuple[str, str, str, str, int, int]
 
@@ -53,6 +62,20 @@ class Chunk:
         return RECORDS_DIR / f"{self.key}.json"
 
 
+def reduction(data: bytes, size: int) -> int:
+    """The largest factor (1, 2, 4 or 8) a JPEG can be scaled down by while decoding and keep its
+    shorter side at least `size`; 1 for anything else."""
+    found = jpeg.frame(data) if data[:2] == b"\xff\xd8" else None
+    shorter = min(found[:2]) if found else 0
+    return next((factor for factor in (8, 4, 2) if shorter // factor >= size), 1)
+
+
+def decoded(data: bytes, size: int) -> np.ndarray | None:
+    """An image as BGR, decoded at the smallest scale that keeps its shorter side at least `size`
+    (a photo twice that size or more costs a quarter of its full decode, or less)."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), SCALED[reduction(data, size)])
+
+
 def canonical(image: np.ndarray, size: int) -> np.ndarray:
     """Shorter side to `size`, then the centre `size` x `size` square."""
     h, w = image.shape[:2]
@@ -64,9 +87,16 @@ def canonical(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
+@functools.cache
+def _sampled(pixels: int) -> np.ndarray:
+    """The positions sampled from every image of `pixels` pixels: the same for each, drawn once from a fixed seed."""
+    return np.sort(np.random.default_rng(0).choice(pixels, min(SAMPLES, pixels), replace=False))
+
+
 def moments(bgr: np.ndarray) -> np.ndarray:
-    """[n, sum of RGB, sum of RGB outer products] of an image's pixels in [0, 1]: 13 numbers that add up."""
-    pixels = bgr[..., ::-1].reshape(-1, 3).astype(np.float64) / 255.0
+    """[n, sum of RGB, sum of RGB outer products] of an image's sampled pixels in [0, 1]: 13 numbers that add up."""
+    flat = bgr.reshape(-1, 3)
+    pixels = flat[_sampled(len(flat)), ::-1].astype(np.float64) / 255.0
     return np.concatenate([[len(pixels)], pixels.sum(0), (pixels.T @ pixels).ravel()])
 
 
@@ -109,7 +139,7 @@ def augment_chunk(cfg, chunk: Chunk, workdir: str | Path, on_item: Callable[[int
 
     def prepare(row: ImageRow) -> tuple[bytes, np.ndarray | None]:
         _, _, shard, member, offset, size = row
-        image = cv2.imdecode(np.frombuffer(reader.read(workdir / shard, offset, size), np.uint8), cv2.IMREAD_COLOR)
+        image = decoded(reader.read(workdir / shard, offset, size), chunk.image_size)
         if image is None:
             raise StepError(f"cannot decode {member} in {shard}; rerun download")
         square = canonical(image, chunk.image_size)

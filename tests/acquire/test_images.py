@@ -15,6 +15,7 @@ from PIL import Image
 
 from hostile import BODIES, bomb_jpeg, photo, turned_jpeg
 from tasks.acquire import images
+from tasks.storage import jpeg
 
 
 def progressive_jpeg() -> bytes:
@@ -45,14 +46,14 @@ def pillow(data: bytes) -> tuple[int, int, str] | None:
 @pytest.mark.parametrize("name", JPEGS)
 def test_a_jpeg_frame_header_reads_as_pillow_reads_it(name):
     data = JPEGS[name]
-    assert images._jpeg_frame(data) is not None  # read without Pillow
+    assert jpeg.frame(data) is not None  # read without Pillow
     width, height, mode = pillow(data)
     assert images._header(data) == (width, height, "JPEG", mode)
 
 
 def test_a_jpeg_that_claims_too_many_pixels_is_refused_before_it_is_decoded(monkeypatch):
     monkeypatch.setattr(images.cv2, "imdecode", lambda *a: pytest.fail("a bomb was decoded"))
-    assert images._jpeg_frame(bomb_jpeg()) == (60_000, 60_000, "JPEG", "RGB")
+    assert jpeg.frame(bomb_jpeg()) == (60_000, 60_000, "JPEG", "RGB")
     assert images.check(bomb_jpeg(), 16, 10_000_000).reason == "decompression_bomb"
 
 
@@ -71,7 +72,7 @@ def test_segments_out_of_the_usual_layout_are_left_to_pillow():
     good = BODIES["/good.jpg"]
     at = good.index(b"\xff\xdb")
     junk = good[:at] + b"junk" + good[at:]  # Pillow skips stray bytes between segments
-    assert images._jpeg_frame(junk) is None
+    assert jpeg.frame(junk) is None
     assert images._header(junk)[:2] == pillow(good)[:2]
 
 
