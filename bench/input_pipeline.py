@@ -1,18 +1,22 @@
 """The training input pipeline against the JPEG decode limit, and training overlapped with its input.
 
-Part 1, images per second from the same shard of canonical 256x256 JPEGs (generated
-demo photos, stored as the augment step stores them), each figure the median of
-interleaved rounds:
+Part 1, images per second from the same shards of canonical 256x256 JPEGs (stored as
+the augment step stores them, 1,250 to a shard), made from photo-sized JPEGs
+(bench/photos.py: about 470x400 and 100 KB, as ImageNet's) and, for comparison, from
+the demo source's small generated pictures. For each, interleaved rounds of:
 
-- the decode limit: every core decoding the shard's JPEGs in full and nothing else,
-  with TensorFlow's decoder in tf.data and with OpenCV on a thread per core (the
-  faster of the two is the limit);
+- the decode limit: every core decoding the JPEGs in full and nothing else, with
+  TensorFlow's decoder in tf.data and with OpenCV on a thread per core (the faster
+  of the two is the limit);
 - the training pipeline (`tasks.learning.pipeline.training_set`) with the `paper` policy at
   227x227 (random crop, flip, PCA colour shift) and with the `seed` policy (the
   tutorial's warp), batches of 128, and its ratio to the limit (target: 0.70 or more
-  for `paper`);
+  for `paper`, in every round);
 - Keras's legacy `ImageDataGenerator` with the tutorial's settings, reading the same
-  images as files with `flow_from_directory`, for comparison.
+  images as files with `flow_from_directory`, for comparison (`--legacy`).
+
+Each figure is the median of the rounds, beside the slowest round (a start-up cost
+or a fall to one core's worth shows there, not in a median).
 
 Part 2, one epoch of the demo's model (quarter width, 112x112 crops of 128x128
 images) on the same number of images: the input alone (the pipeline drawn and
@@ -20,7 +24,7 @@ dropped), the compute alone (the same steps on one batch held in memory), and th
 epoch as training runs it; the epoch should take about the longer of the two, not
 their sum.
 
-    python bench/input_pipeline.py [--images 2048] [--rounds 3]
+    python bench/input_pipeline.py [--images 8192] [--rounds 5] [--sources photos demo] [--legacy] [--no-epoch]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import photos  # noqa: E402
 from tasks.acquire import demo_images  # noqa: E402
 from tasks.config import Augment  # noqa: E402
 from tasks.learning import pipeline
@@ -46,23 +51,38 @@ from tasks.params import validate
 from tasks.storage import canonical, shards
 
 BATCH, SIZE, CROP = 128, 256, 227
+SHARD = 1250  # images per shard, as the augment step's default
 EPOCHS = 2  # per measurement, so start-up costs weigh little
 
 
-def write_images(folder: Path, count: int, size: int = SIZE) -> tuple[pd.DataFrame, dict]:
-    """Canonical JPEGs in a shard (as the augment step stores them) and in class folders (for the legacy
-    generator), the shard's index and the colour statistics."""
+def canonical_squares(source: str, count: int, size: int) -> list[np.ndarray]:
+    """`count` canonical images (BGR), cycling through distinct pictures of `source` (photos or demo)."""
+    if source == "photos":
+        distinct = [canonical.canonical(photos.photo(i), size) for i in range(min(count, 500))]
+    else:
+        distinct = [canonical.canonical(demo_images.render(demo_images.KINDS[i % 2], i), size)
+                    for i in range(min(count, 2000))]
+    return [distinct[i % len(distinct)] for i in range(count)]
+
+
+def write_images(folder: Path, count: int, size: int = SIZE, source: str = "demo",
+                 files: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Canonical JPEGs in shards of SHARD images (as the augment step stores them) and, with `files`, in class
+    folders (for the legacy generator); their index and colour statistics."""
     total, rows = np.zeros(13), []
-    with shards.writing(folder / "train.tar") as shard:
-        for i in range(count):
-            kind = demo_images.KINDS[i % 2]
-            square = canonical.canonical(demo_images.render(kind, i), size)
-            data = cv2.imencode(".jpg", square, [cv2.IMWRITE_JPEG_QUALITY, canonical.QUALITY])[1].tobytes()
-            (folder / kind).mkdir(parents=True, exist_ok=True)
-            (folder / kind / f"{i}.jpg").write_bytes(data)
-            total += canonical.moments(square)
-            rows.append({"shard": str(folder / "train.tar"), "offset": shard.add(f"{kind}/{i}.jpg", data),
-                         "size": len(data), "label": i % 2})
+    squares = canonical_squares(source, count, size)
+    for start in range(0, count, SHARD):
+        path = folder / f"train-{start // SHARD:05d}.tar"
+        with shards.writing(path) as shard:
+            for i in range(start, min(count, start + SHARD)):
+                kind = demo_images.KINDS[i % 2]
+                data = cv2.imencode(".jpg", squares[i], [cv2.IMWRITE_JPEG_QUALITY, canonical.QUALITY])[1].tobytes()
+                if files:
+                    (folder / kind).mkdir(parents=True, exist_ok=True)
+                    (folder / kind / f"{i}.jpg").write_bytes(data)
+                total += canonical.moments(squares[i])
+                rows.append({"shard": str(path), "offset": shard.add(f"{kind}/{i}.jpg", data), "size": len(data),
+                             "label": i % 2})
     return pd.DataFrame(rows), canonical.colour_stats(total)
 
 
@@ -75,9 +95,10 @@ def decode_tf(index: pd.DataFrame):
 
 
 def decode_opencv(index: pd.DataFrame):
-    with open(index["shard"][0], "rb") as shard:
-        blob = shard.read()
-    jpegs = [np.frombuffer(blob, np.uint8, size, offset) for offset, size in zip(index["offset"], index["size"])]
+    jpegs = []
+    for path, rows in index.groupby("shard", sort=False):
+        blob = Path(path).read_bytes()
+        jpegs += [np.frombuffer(blob, np.uint8, size, offset) for offset, size in zip(rows["offset"], rows["size"])]
 
     def images():
         with ThreadPoolExecutor(os.cpu_count()) as pool:  # OpenCV lets go of the interpreter lock
@@ -116,15 +137,16 @@ def rate(batches) -> float:
     return images / (time.perf_counter() - start)
 
 
-def part_one(folder: Path, count: int, rounds: int) -> None:
-    index, stats = write_images(folder, count)
+def part_one(folder: Path, count: int, rounds: int, source: str, with_legacy: bool) -> None:
+    index, stats = write_images(folder, count, source=source, files=with_legacy)
     runs = {
         "decode limit: tf.data, decode_jpeg, every core": decode_tf(index),
         "decode limit: OpenCV, a thread per core": decode_opencv(index),
         "training pipeline, paper policy (227x227)": training(index, stats, "paper"),
         "training pipeline, seed policy (227x227)": training(index, stats, "seed"),
-        "legacy ImageDataGenerator (tutorial's settings)": legacy(folder),
     }
+    if with_legacy:
+        runs["legacy ImageDataGenerator (tutorial's settings)"] = legacy(folder)
     for make in runs.values():  # warm up: page cache, graph tracing
         next(iter(make()))
     rates = {name: [] for name in runs}
@@ -134,11 +156,14 @@ def part_one(folder: Path, count: int, rounds: int) -> None:
     medians = {name: statistics.median(values) for name, values in rates.items()}
     limit = max(medians[name] for name in medians if name.startswith("decode limit"))
     sizes = index["size"]
-    print(f"input pipeline: {count} canonical JPEGs of {SIZE}x{SIZE} (mean {sizes.mean() / 1024:.1f} KB) in one "
-          f"shard, batches of {BATCH}, {os.cpu_count()} cores; median of {rounds} interleaved rounds")
-    print(f"{'pipeline':<50} {'images/s':>9} {'of limit':>9}  rounds")
+    made_from = {"photos": "photo-sized JPEGs (bench/photos.py)", "demo": "the demo's small generated pictures"}
+    print(f"\ninput pipeline: {count} canonical JPEGs of {SIZE}x{SIZE} made from {made_from[source]} (mean "
+          f"{sizes.mean() / 1024:.1f} KB) in {index['shard'].nunique()} shards, {EPOCHS} epochs per round, batches "
+          f"of {BATCH}, {os.cpu_count()} cores; {rounds} interleaved rounds")
+    print(f"{'pipeline':<50} {'median':>7} {'of limit':>9} {'slowest':>8} {'/median':>8}  rounds")
     for name, values in rates.items():
-        print(f"{name:<50} {medians[name]:>9.0f} {medians[name] / limit:>9.2f}  {' '.join(f'{v:.0f}' for v in values)}")
+        print(f"{name:<50} {medians[name]:>7.0f} {medians[name] / limit:>9.2f} {min(values):>8.0f} "
+              f"{min(values) / medians[name]:>8.2f}  {' '.join(f'{v:.0f}' for v in values)}")
 
 
 def part_two(folder: Path, count: int, rounds: int) -> None:
@@ -178,12 +203,18 @@ def part_two(folder: Path, count: int, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2048)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=8192)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sources", nargs="+", choices=["photos", "demo"], default=["photos", "demo"])
+    parser.add_argument("--legacy", action="store_true", help="also Keras's ImageDataGenerator (slow)")
+    parser.add_argument("--no-epoch", action="store_true", help="part 1 only")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
-        part_one(Path(one), args.images, args.rounds)
-        part_two(Path(two), args.images, args.rounds)
+    for source in args.sources:
+        with tempfile.TemporaryDirectory() as folder:
+            part_one(Path(folder), args.images, args.rounds, source, args.legacy)
+    if not args.no_epoch:
+        with tempfile.TemporaryDirectory() as folder:
+            part_two(Path(folder), args.images, args.rounds)
 
 
 if __name__ == "__main__":

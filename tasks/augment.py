@@ -7,7 +7,7 @@ digest order: every shard mixes all classes, so a training pipeline that reads a
 few shards at a time still sees them all. Each shard is one chunk of work, run where
 `augment.task_runner` says (`tasks.running.runners`), and a run resumes from the chunks it
 has. The training set's RGB mean, standard deviation and principal components (for
-the PCA colour augmentation) go to stats.json. The random transforms of
+the PCA colour augmentation), from a fixed sample of each image's pixels, go to stats.json. The random transforms of
 `augment.policy` happen online in the input pipeline; the preview plot shows
 exactly those, made by the same functions.
 """

@@ -2,7 +2,8 @@
 
 Reader (URL lists) -> plan (which URLs, in chunks) -> fetcher (`tasks.acquire.web`:
 bounded, streamed, retried, address-checked) -> validator (`tasks.acquire.images`) ->
-writer (a shard per chunk) -> merge (caps, duplicates, label conflicts) ->
+writer (a shard per chunk; images already on this disk are indexed where they are,
+`download.local_images`) -> merge (caps, duplicates, label conflicts) ->
 manifest (one row per class and URL, with a reason for every URL that gave no
 image) and the image index (one row per kept image: where it is in which shard).
 Individual failures never fail the step; a class left with too few good images does.

@@ -1,9 +1,11 @@
 """Canonical images: the shorter side resized to `image_size`, the centre square kept, as JPEG.
 
 The augment step (`tasks.augment`) plans the work in chunks, one per output shard;
-this module is what a chunk needs: it reads its images from the download's shards,
-makes them canonical, writes them as one shard in a fixed order, and adds up the
-colour moments of the training images. It imports OpenCV and NumPy only (no
+this module is what a chunk needs: it reads its images from the download's shards
+(or from the sources it indexed in place), decodes each once (a JPEG twice the size
+or more at a half, quarter or eighth of it, as libjpeg scales while decoding), makes
+them canonical, writes them as one shard in a fixed order, and adds up the colour
+moments of a sample of the training images' pixels. It imports OpenCV and NumPy only (no
 TensorFlow, pandas or Prefect), so the worker processes that run chunks start fast.
 
 A chunk records what it made (its index rows, its colour moments, the shard's file
