@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -36,6 +37,7 @@ from tasks.errors import StepError
 AUTOTUNE = tf.data.AUTOTUNE
 CYCLE = 8  # shards read at once while training: each epoch's images come from this many at a time
 SHUFFLE_BUFFER = 4096  # images shuffled across those shards
+DECODERS = os.cpu_count() or 1  # training views decoded at once
 
 
 def read_prepared(workdir: Path) -> tuple[pd.DataFrame, dict]:
@@ -283,7 +285,7 @@ def training_set(index: pd.DataFrame, cfg: Augment, stats: dict, batch_size: int
                 num_parallel_calls=AUTOTUNE, deterministic=True), SHUFFLE_BUFFER, epoch_seed)
         drawn = tf.data.Dataset.from_tensor_slices(draws(n, tf.stack([tf.constant(seed, tf.int64), e]), cfg))
         views = tf.data.Dataset.zip(order, drawn).map(lambda record, draw: (view(record[0], draw, cfg), record[1]),
-                                                      num_parallel_calls=AUTOTUNE, deterministic=True)
+                                                      num_parallel_calls=DECODERS, deterministic=True)
         seeds = tf.data.Dataset.range(steps).map(lambda b: tf.stack([tf.constant(-1 - seed, tf.int64), e * steps + b]))
         return tf.data.Dataset.zip(views.batch(batch_size), seeds).map(
             lambda batch, s: (finish(batch[0], s, cfg, stats), batch[1]), num_parallel_calls=AUTOTUNE,
@@ -303,9 +305,12 @@ def stateless_shuffle(records: tf.data.Dataset, window: int, seed: tf.Tensor) ->
 
 
 def with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Each op on one thread: tf.data's parallelism is across images, which is what scales."""
+    """Each op on one thread: tf.data's parallelism is across images, which is what scales. No autotuning:
+    it sometimes settled on one core's worth of decoding for the whole pipeline (rounds of exactly half
+    the two-core rate, in either policy, bench/input_pipeline.py); every core decodes instead (DECODERS)."""
     options = tf.data.Options()
     options.threading.max_intra_op_parallelism = 1
+    options.autotune.enabled = False
     return dataset.with_options(options)
 
 
