@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import ENV
+from common import ENV, timed
 from rerun import start_server
-from scale import generate, project, timed
+from scale import generate, project
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks import synsets  # noqa: E402
@@ -44,7 +44,7 @@ def measure(workdir: Path, classes: int, per_class: int, env: dict) -> dict:
     (staged / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     steps = {}
     for name in STEP_NAMES:
-        wall, peak, output = timed(["alexnet", "stage", name], staged)
+        wall, peak, _, output = timed(["alexnet", "stage", name], staged)
         seconds = float(re.search(rf"alexnet stage {name}: done in ([\d.]+) s", output).group(1))
         printed = [line for line in output.splitlines() if not line.startswith(("Epoch ", "alexnet stage"))
                    and "/step" not in line and "WARNING" not in line and line.strip()]
@@ -54,7 +54,7 @@ def measure(workdir: Path, classes: int, per_class: int, env: dict) -> dict:
     flowed = workdir / "flowed"
     shutil.copytree(staged, flowed, ignore=shutil.ignore_patterns("data", "models", "metrics", "plots", "logs",
                                                                  ".alexnet", "dvc.lock"))
-    wall, peak, output = timed(["alexnet", "run"], flowed, env)
+    wall, peak, _, output = timed(["alexnet", "run"], flowed, env)
     summary = output[output.index("alexnet: pipeline finished"):].splitlines()
     return {"steps": steps, "flow": wall, "flow_peak_mb": peak, "summary_lines": len(summary)}
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -48,3 +50,30 @@ def project_copy(target: Path, overrides: dict | None = None) -> Path:
                                                    "commit", "-qm", "bench"]):
         subprocess.run(["git", *args], cwd=target, check=True, env=ENV)
     return target
+
+
+# Runs a command in a grandchild and reports its resources. Linux carries a process's peak memory
+# over fork and exec, so a command started straight from a benchmark that holds gigabytes would
+# report the benchmark's peak, not its own; forked from this small launcher it starts afresh.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(f"LAUNCHED {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def timed(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, float, str]:
+    """(wall seconds, peak memory in MB, CPU seconds, output) of a command and its children; it must succeed."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *args], cwd=cwd, env=env or ENV, capture_output=True,
+                          text=True)
+    wall = time.monotonic() - start
+    launched = re.search(r"^LAUNCHED (\d+) ([\d.]+)$", done.stderr, re.M)
+    output = done.stdout + re.sub(r"^LAUNCHED .*\n?", "", done.stderr, flags=re.M)
+    if done.returncode or not launched:
+        sys.exit(f"{' '.join(args)} failed in {cwd}:\n{output[-4000:]}")
+    return wall, int(launched[1]) / 1024, float(launched[2]), output

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 import photos
 import yaml
-from common import ENV, project_copy
+from common import project_copy, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.acquire import archives  # noqa: E402
@@ -81,17 +81,6 @@ def limit(train_tar: Path, processes: int, count: int) -> float:
 
 
 # --- the steps ------------------------------------------------------------------------------
-
-
-def timed(args: list[str], cwd: Path) -> tuple[float, float, float, str]:
-    """(wall seconds, peak memory in MB, CPU seconds, output) of a command and its children; it must succeed."""
-    start = time.monotonic()
-    process = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{' '.join(args)} failed in {cwd}:\n{output[-4000:]}")
-    return time.monotonic() - start, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, output
 
 
 def project(target: Path, source: Path, classes: dict) -> Path:

@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from common import ENV, project_copy
+from common import ENV, project_copy, timed
 from rerun import start_server
 
 DATA_STEPS = ("fetch_urls", "download", "split", "augment")
@@ -62,19 +62,6 @@ def generate(folder: Path, images: int, per_class: int, wnids: list[str] | None 
     return classes
 
 
-def timed(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak memory of the process in MB, its output) of a command, which must succeed."""
-    start = time.monotonic()
-    process = subprocess.Popen(args, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{' '.join(args)} failed in {cwd}:\n{output[-4000:]}")
-    return seconds, usage.ru_maxrss / 1024, output
-
-
 def dvc_files(project: Path) -> int:
     """Files DVC tracks: every output of every stage in dvc.lock."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -103,7 +90,7 @@ def measure(workdir: Path, images: int, per_class: int, env: dict) -> dict:
 
     staged = project(workdir / "staged", source, classes)
     for name in DATA_STEPS:
-        wall, peak, output = timed(["alexnet", "stage", name], staged)
+        wall, peak, _, output = timed(["alexnet", "stage", name], staged)
         seconds = float(re.search(rf"alexnet stage {name}: done in ([\d.]+) s", output).group(1))
         result["steps"][name] = {"seconds": seconds, "wall": wall, "peak_mb": peak}
         print(f"  stage {name:<10} {seconds:8.1f} s  {peak:6.0f} MB", flush=True)
@@ -111,16 +98,16 @@ def measure(workdir: Path, images: int, per_class: int, env: dict) -> dict:
     print(f"  dvc commit -f  {result['dvc_commit']:8.1f} s", flush=True)
     # The other door: `dvc repro` (train and evaluate; the data steps are committed), then the flow.
     timed([*dvc, "repro"], staged)
-    result["flow_after_repro"], _, output = timed(["alexnet", "run"], staged, env)
+    result["flow_after_repro"], _, _, output = timed(["alexnet", "run"], staged, env)
     assert output.count("cached: made by alexnet stage") == 6, output
     print(f"  flow after dvc repro {result['flow_after_repro']:8.1f} s (six steps cached)", flush=True)
 
     flowed = project(workdir / "flowed", source, classes)
-    result["flow_first"], result["flow_peak_mb"], output = timed(["alexnet", "run"], flowed, env)
+    result["flow_first"], result["flow_peak_mb"], _, output = timed(["alexnet", "run"], flowed, env)
     result["flow_steps"] = _step_seconds(output)
     print(f"  flow, first run  {result['flow_first']:8.1f} s  {result['flow_peak_mb']:6.0f} MB", flush=True)
     result["dvc_status"] = timed([*dvc, "status"], flowed)[0]
-    _, _, repro = timed([*dvc, "repro"], flowed)
+    _, _, _, repro = timed([*dvc, "repro"], flowed)
     assert "Running stage" not in repro, repro
     result["dvc_repro"] = timed([*dvc, "repro"], flowed)[0]
     result["flow_rerun"] = timed(["alexnet", "run"], flowed, env)[0]
