@@ -77,3 +77,24 @@ def timed(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float, f
     if done.returncode or not launched:
         sys.exit(f"{' '.join(args)} failed in {cwd}:\n{output[-4000:]}")
     return wall, int(launched[1]) / 1024, float(launched[2]), output
+
+
+def stage(name: str, project: Path) -> dict:
+    """`alexnet stage <name>` in `project`: the step's own seconds, peak memory (MB) and cores kept busy."""
+    wall, peak, cpu, output = timed(["alexnet", "stage", name], project)
+    seconds = float(re.search(rf"alexnet stage {name}: done in ([\d.]+) s", output)[1])
+    return {"seconds": seconds, "peak_mb": peak, "cores_busy": cpu / wall}
+
+
+def step_table(results: list[dict], steps: tuple[str, ...]) -> None:
+    """Per step and size: ms per image, peak MB and cores busy, with the ratios of the largest size to the
+    smallest."""
+    small, large = results[0], results[-1]
+    head = "".join(f" {format(r['images'], ',') + ': ms/img':>15} {'MB':>5} {'busy':>5}" for r in results)
+    print(f"{'step':<12}{head} {'ms/img ratio':>13} {'MB ratio':>9}")
+    for name in steps:
+        cells = "".join(f" {1000 * r['steps'][name]['seconds'] / r['images']:>15.3f} "
+                        f"{r['steps'][name]['peak_mb']:>5.0f} {r['steps'][name]['cores_busy']:>5.2f}" for r in results)
+        per_image = [r["steps"][name]["seconds"] / r["images"] for r in (small, large)]
+        memory = [r["steps"][name]["peak_mb"] for r in (small, large)]
+        print(f"{name:<12}{cells} {per_image[1] / per_image[0]:>12.2f}x {memory[1] / memory[0]:>8.2f}x")

@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +36,7 @@ import cv2
 import numpy as np
 import photos
 import yaml
-from common import project_copy, timed
+from common import project_copy, stage, step_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.acquire import archives  # noqa: E402
@@ -110,10 +107,9 @@ def measure(workdir: Path, images: int, per_class: int, jpegs: list[bytes]) -> d
     result = {"images": images, "classes": len(classes), "steps": {}}
     staged = project(workdir / "project", source, classes)
     for name in DATA_STEPS:
-        wall, peak, cpu, output = timed(["alexnet", "stage", name], staged)
-        seconds = float(re.search(rf"alexnet stage {name}: done in ([\d.]+) s", output).group(1))
-        result["steps"][name] = {"seconds": seconds, "peak_mb": peak, "cores_busy": cpu / wall}
-        print(f"  stage {name:<10} {seconds:8.1f} s  {peak:6.0f} MB  {cpu / wall:4.2f} cores busy", flush=True)
+        done = result["steps"][name] = stage(name, staged)
+        print(f"  stage {name:<10} {done['seconds']:8.1f} s  {done['peak_mb']:6.0f} MB  "
+              f"{done['cores_busy']:4.2f} cores busy", flush=True)
     result["images_mb"] = folder_mb(staged / "data" / "images")
     result["source_mb"] = train.stat().st_size / 1e6
     cores = os.cpu_count() or 1
@@ -150,7 +146,7 @@ def rate(result: dict, steps: tuple[str, ...]) -> float:
 
 
 def report(results: list[dict], jpegs: list[bytes]) -> None:
-    small, large = results[0], results[-1]
+    large = results[-1]
     cores = os.cpu_count() or 1
     sizes = [len(j) for j in jpegs]
     counts = [f"{r['images']:,}" for r in results]
@@ -158,14 +154,7 @@ def report(results: list[dict], jpegs: list[bytes]) -> None:
           f"{len(jpegs):,} distinct photo-like JPEGs (mean {np.mean(sizes) / 1024:.0f} KB, "
           f"{np.percentile(sizes, 5) / 1024:.0f}-{np.percentile(sizes, 95) / 1024:.0f} KB for 90%), ILSVRC-style "
           f"tars, params-paper.yaml's data steps, {cores} cores")
-    head = "".join(f" {count + ': ms/img':>15} {'MB':>5} {'busy':>5}" for count in counts)
-    print(f"{'step':<12}{head} {'ms/img ratio':>13} {'MB ratio':>9}")
-    for name in DATA_STEPS:
-        cells = "".join(f" {1000 * r['steps'][name]['seconds'] / r['images']:>15.3f} "
-                        f"{r['steps'][name]['peak_mb']:>5.0f} {r['steps'][name]['cores_busy']:>5.2f}" for r in results)
-        per_image = [r["steps"][name]["seconds"] / r["images"] for r in (small, large)]
-        memory = [r["steps"][name]["peak_mb"] for r in (small, large)]
-        print(f"{name:<12}{cells} {per_image[1] / per_image[0]:>12.2f}x {memory[1] / memory[0]:>8.2f}x")
+    step_table(results, DATA_STEPS)
     print(f"\n{'':<34}" + "".join(f" {count:>12}" for count in counts) + "   target")
     rows = [
         ("limit, images/s (all cores)", [f"{r['limit']:.0f}" for r in results], ""),

@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from common import ENV, project_copy, timed
+from common import ENV, project_copy, stage, step_table, timed
 from rerun import start_server
 
 DATA_STEPS = ("fetch_urls", "download", "split", "augment")
@@ -90,10 +89,8 @@ def measure(workdir: Path, images: int, per_class: int, env: dict) -> dict:
 
     staged = project(workdir / "staged", source, classes)
     for name in DATA_STEPS:
-        wall, peak, _, output = timed(["alexnet", "stage", name], staged)
-        seconds = float(re.search(rf"alexnet stage {name}: done in ([\d.]+) s", output).group(1))
-        result["steps"][name] = {"seconds": seconds, "wall": wall, "peak_mb": peak}
-        print(f"  stage {name:<10} {seconds:8.1f} s  {peak:6.0f} MB", flush=True)
+        done = result["steps"][name] = stage(name, staged)
+        print(f"  stage {name:<10} {done['seconds']:8.1f} s  {done['peak_mb']:6.0f} MB", flush=True)
     result["dvc_commit"] = timed([*dvc, "commit", "-f", *DATA_STEPS], staged)[0]
     print(f"  dvc commit -f  {result['dvc_commit']:8.1f} s", flush=True)
     # The other door: `dvc repro` (train and evaluate; the data steps are committed), then the flow.
@@ -123,18 +120,11 @@ def _step_seconds(output: str) -> dict[str, float]:
 
 
 def report(results: list[dict]) -> None:
-    small, large = results[0], results[-1]
+    large = results[-1]
     sizes = [r["images"] for r in results]
     print(f"\nscale: {', '.join(f'{n:,}' for n in sizes)} images ({', '.join(str(r['classes']) for r in results)} "
           "classes), 2.5 KB JPEGs, folder source")
-    head = "".join(f" {f'{n:,}: ms/img':>14} {'MB':>6}" for n in sizes)
-    print(f"{'step (alexnet stage)':<22}{head} {'ms/img ratio':>13} {'MB ratio':>9}")
-    for name in DATA_STEPS:
-        cells = "".join(f" {1000 * r['steps'][name]['seconds'] / r['images']:>14.3f} "
-                        f"{r['steps'][name]['peak_mb']:>6.0f}" for r in results)
-        per_image = [r["steps"][name]["seconds"] / r["images"] for r in (small, large)]
-        memory = [r["steps"][name]["peak_mb"] for r in (small, large)]
-        print(f"{name:<22}{cells} {per_image[1] / per_image[0]:>12.2f}x {memory[1] / memory[0]:>8.2f}x")
+    step_table(results, DATA_STEPS)
     steps = sum(large["steps"][n]["seconds"] for n in DATA_STEPS)
     in_flow = sum(large["flow_steps"].get(n, math.nan) for n in DATA_STEPS)
     rows = [

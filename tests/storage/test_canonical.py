@@ -60,4 +60,5 @@ def test_colour_statistics_from_sampled_pixels_come_close_to_all_pixels():
     np.testing.assert_allclose(sampled["std"], every.std(0), rtol=0.03)
     eigval, eigvec = np.linalg.eigh(np.cov(every.T / 255, bias=True))
     np.testing.assert_allclose(sampled["pca_eigval"], eigval[::-1], rtol=0.1)
-    assert abs(np.dot(np.array(sampled["pca_eigvec"])[:, 0], eigvec[:, -1])) > 0.99  # sign aside, the same first component
+    first = np.array(sampled["pca_eigvec"])[:, 0]  # columns are the components
+    assert abs(np.dot(first, eigvec[:, -1])) > 0.99  # sign aside, the same first component

@@ -110,7 +110,8 @@ def test_an_archive_changed_after_fetch_urls_stops_the_download_before_it_reads_
 
     held = tmp_path / "imagenet"
     ilsvrc.make(held, ["n01440764", "n02102040"], train=3, val=1)
-    cfg = validate(merge({"data": {"source": "ilsvrc2012", "classes": {w: {"wnid": w} for w in ("n01440764", "n02102040")},
+    wnids = ("n01440764", "n02102040")
+    cfg = validate(merge({"data": {"source": "ilsvrc2012", "classes": {w: {"wnid": w} for w in wnids},
                                    "images_per_class": None, "embedded_mirror": False,
                                    "ilsvrc2012": {"train": "imagenet/ILSVRC2012_img_train.tar",
                                                   "val": "imagenet/ILSVRC2012_img_val.tar",
