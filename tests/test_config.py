@@ -152,7 +152,7 @@ def test_a_file_of_wnids_is_a_class_set(tmp_path):
 def test_paper_params_file_is_the_papers_run_on_imagenet_1k():
     cfg = load_config("params-paper.yaml")
     assert cfg.data.source == "ilsvrc2012" and len(cfg.data.classes) == 1000 and cfg.data.images_per_class is None
-    assert cfg.split.validation == "source" and cfg.model.init == "paper" and cfg.evaluate.ten_crop
+    assert cfg.split.validation == "source" and cfg.model.init == "caffe" and cfg.evaluate.ten_crop
     assert (cfg.train.epochs, cfg.train.learning_rate) == (90, 0.01)
 
 
