@@ -5,14 +5,15 @@ and flips of 256x256 images, dropout 0.5, the paper's SGD: rate 0.01, momentum 0
 weight decay 5e-4 inside the momentum), each init with its default normalisation
 (`paper`, `caffe`: mean subtracted; `he`: standardised), side by side on the same
 images, seed and batches. The images are generated scenes (the demo source's
-backgrounds, clutter, lighting and noise), each class an object drawn in random
-colour, size, place and angle, so only shape tells the classes apart.
+backgrounds, clutter, lighting and noise), each class an object of its own shape
+and colour family (as a class of photos has its shapes and colours), drawn at a
+random size, place, angle and shade.
 
 It prints, for each init: the activations layer by layer on a fixed batch before
 training and after the first steps (how far each layer's output varies from image
-to image, and how many ReLUs are dead), the spread of the logits (what
-tests/learning/test_inits.py bounds), the training loss every `--every` steps
-against ln(classes), and the validation accuracy (centre crops) at the end.
+to image, and how many ReLUs are dead: what tests/learning/test_inits.py bounds),
+the spread of the logits, the training loss every `--every` steps against
+ln(classes), and the validation accuracy (centre crops) at the end.
 
     python bench/inits.py [--steps 600] [--batch 64] [--per-class 100] [--inits paper caffe he]
     python bench/inits.py --quick     # a check that it runs: width 0.125, a few steps
@@ -47,12 +48,19 @@ def _polygon(points, cx, cy, scale, angle) -> np.ndarray:
     return (np.array(points, float) @ rotation.T * scale + (cx, cy)).astype(np.int32)
 
 
+def _shade(cls: int, rng: np.random.Generator) -> tuple[float, ...]:
+    """A BGR colour near the class's hue: hues 18 degrees (of OpenCV's 180) apart, random saturation and value."""
+    hue = (cls * 180 // len(SHAPES) + rng.integers(-5, 6)) % 180
+    hsv = np.array([[[hue, rng.integers(140, 256), rng.integers(110, 256)]]], np.uint8)
+    return tuple(float(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
 def _draw(img: np.ndarray, shape: str, rng: np.random.Generator) -> None:
     h, w = img.shape[:2]
     scale = rng.uniform(0.18, 0.32) * min(h, w)
     cx, cy = rng.uniform(scale, w - scale), rng.uniform(scale, h - scale)
     angle = rng.uniform(-0.4, 0.4)
-    colour = tuple(float(c) for c in rng.integers(0, 256, 3))
+    colour = _shade(SHAPES.index(shape), rng)
     points = np.linspace(-math.pi / 2, 1.5 * math.pi, 10, endpoint=False)
     star = [(math.cos(a) * r, math.sin(a) * r) for a, r in zip(points, [1.0, 0.4] * 5)]
     polygons = {
