@@ -16,7 +16,7 @@ the spread of the logits, the training loss every `--every` steps against
 ln(classes), and the validation accuracy (centre crops) at the end.
 
     python bench/inits.py [--steps 600] [--batch 64] [--per-class 100] [--inits paper caffe he]
-    python bench/inits.py --quick     # a check that it runs: width 0.125, a few steps
+    python bench/inits.py --quick     # a check that it runs: width 0.125, 20 steps
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="width 0.125, 12 steps: a check that it runs")
+    parser.add_argument("--quick", action="store_true", help="width 0.125, 20 steps of 8 images: a check that it runs")
     args = parser.parse_args()
     if args.quick:
         args.width, args.steps, args.every, args.per_class, args.batch = 0.125, 20, 10, 6, 8

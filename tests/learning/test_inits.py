@@ -28,7 +28,8 @@ from tasks.params import load_config
 CLASSES = [f"class{i}" for i in range(10)]
 STEPS = 4
 LOSS_LIMIT = 3 * math.log(len(CLASSES))  # the inits that learned peaked at 1.9 ln(10); `paper` at 8.3
-DYING_LIMIT = 0.08  # share of fc7's units that may die in those steps: at most 0.04 for those that learned, 0.17 for paper
+# The share of fc7's units that may die in those steps: at most 0.04 for the inits that learned, 0.17 for `paper`.
+DYING_LIMIT = 0.08
 
 
 @pytest.fixture(scope="module")
